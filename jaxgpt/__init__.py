@@ -1,0 +1,1 @@
+"""Harness for the JAX GPT challenge."""

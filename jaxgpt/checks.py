@@ -1,0 +1,175 @@
+"""Assertions that teach: each says what was checked and shows expected against got.
+
+Task suites use these rather than bare `assert`, so a failure reads as a sentence with numbers in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+
+class CheckFailed(AssertionError):
+    """A check's teaching message."""
+
+
+def fail(message: str) -> None:
+    raise CheckFailed(message)
+
+
+def as_array(value: Any, what: str) -> np.ndarray:
+    """`value` as a numpy array, or a sentence saying why it is not one."""
+    if isinstance(value, (tuple, list)) and value and not np.isscalar(value[0]):
+        fail(f"{what} should be one array, but it is a {type(value).__name__} of {len(value)} items.")
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # a tracer leaked out of jit, a Flax module, ...
+        fail(f"{what} should be an array, but it is a {type(value).__name__} ({err}).")
+    if array.dtype == object:
+        fail(f"{what} should be an array of numbers, but it is a {type(value).__name__}.")
+    return array
+
+
+def assert_shape(value: Any, expected: tuple[int, ...], what: str, hint: str = "") -> np.ndarray:
+    array = as_array(value, what)
+    if tuple(array.shape) != tuple(expected):
+        extra = f" {hint}" if hint else ""
+        fail(f"{what} should have shape {tuple(expected)}, but it has shape {tuple(array.shape)}.{extra}")
+    return array
+
+
+def assert_floating(value: Any, what: str) -> np.ndarray:
+    array = as_array(value, what)
+    if not np.issubdtype(array.dtype, np.floating):
+        fail(f"{what} should hold floating-point numbers, but its dtype is {array.dtype}.")
+    return array
+
+
+def assert_dtype(value: Any, expected: Any, what: str) -> np.ndarray:
+    array = as_array(value, what)
+    if array.dtype != np.dtype(expected):
+        fail(f"{what} should have dtype {np.dtype(expected)}, but it has dtype {array.dtype}.")
+    return array
+
+
+def assert_finite(value: Any, what: str) -> np.ndarray:
+    array = as_array(value, what).astype(np.float64, copy=False)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        kind = "NaN" if np.isnan(array[first]) else "infinite"
+        fail(f"{what} has {int(bad.sum())} NaN or infinite values (the first, at index {first}, is {kind}). "
+             "Look for a division by zero, a log of zero, or -inf left in a row that is masked everywhere.")
+    return array
+
+
+def _slice_text(array: np.ndarray) -> str:
+    flat = array.reshape(-1)[:6]
+    return np.array2string(flat, precision=4, suppress_small=True, max_line_width=120)
+
+
+def assert_close(got: Any, expected: Any, what: str, *, rtol: float = 1e-5, atol: float = 1e-5,
+                 diagnose: Callable[[np.ndarray], str | None] | None = None) -> None:
+    """`got` equals `expected` within tolerance; on failure shows the largest difference and where,
+    and asks `diagnose(got)` whether the difference looks like a known mistake."""
+    expected_array = np.asarray(expected)
+    got_array = assert_shape(got, expected_array.shape, what)
+    assert_finite(got_array, what)
+    got64 = got_array.astype(np.float64)
+    exp64 = expected_array.astype(np.float64)
+    diff = np.abs(got64 - exp64)
+    allowed = atol + rtol * np.abs(exp64)
+    if (diff <= allowed).all():
+        return
+    where = tuple(int(i) for i in np.unravel_index(np.argmax(diff - allowed), diff.shape)) if diff.ndim else ()
+    message = (f"{what} is not what was expected: the largest difference is {diff[where]:.3g} at index "
+               f"{where} (expected {exp64[where]:.6g}, got {got64[where]:.6g}); "
+               f"{int((diff > allowed).sum())} of {diff.size} values differ.\n"
+               f"  expected starts {_slice_text(exp64)}\n  got      starts {_slice_text(got64)}")
+    if diagnose is not None:
+        hint = diagnose(got64)
+        if hint:
+            message += f"\n  Likely cause: {hint}"
+    fail(message)
+
+
+def matches(got: np.ndarray, candidate: Any, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Whether `got` equals a known wrong answer: the basis of a diagnosis."""
+    try:
+        candidate = np.asarray(candidate, dtype=np.float64)
+    except Exception:
+        return False
+    return candidate.shape == got.shape and bool(np.allclose(got, candidate, rtol=rtol, atol=atol))
+
+
+def diagnose_from(candidates: Iterable[tuple[str, Callable[[], Any]]]) -> Callable[[np.ndarray], str | None]:
+    """A `diagnose` function that compares the learner's output with each known mistake's output."""
+    candidates = list(candidates)
+
+    def diagnose(got: np.ndarray) -> str | None:
+        for explanation, compute in candidates:
+            try:
+                if matches(got, compute()):
+                    return explanation
+            except Exception:
+                continue
+        return None
+
+    return diagnose
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """`{'blocks_0/attn/query/kernel': (32, 4, 8), ...}` for a parameter pytree."""
+    import jax
+
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        shapes[key] = tuple(np.shape(leaf))
+    return shapes
+
+
+def assert_tree(got: Any, expected: Any, what: str = "the parameter tree") -> None:
+    """Same names and shapes; on failure lists what is missing, unexpected and mis-shaped."""
+    got_shapes, expected_shapes = tree_shapes(got), tree_shapes(expected)
+    if got_shapes == expected_shapes:
+        return
+    missing = sorted(set(expected_shapes) - set(got_shapes))
+    extra = sorted(set(got_shapes) - set(expected_shapes))
+    wrong = sorted(k for k in set(got_shapes) & set(expected_shapes) if got_shapes[k] != expected_shapes[k])
+    lines = [f"{what} does not match the one the lesson fixes."]
+    if missing:
+        lines.append("  missing:    " + ", ".join(f"{k} {expected_shapes[k]}" for k in missing[:8])
+                     + (" ..." if len(missing) > 8 else ""))
+    if extra:
+        lines.append("  unexpected: " + ", ".join(f"{k} {got_shapes[k]}" for k in extra[:8])
+                     + (" ..." if len(extra) > 8 else ""))
+    for k in wrong[:8]:
+        lines.append(f"  {k}: expected shape {expected_shapes[k]}, got {got_shapes[k]}")
+    if missing and extra:
+        lines.append("  (Flax names a submodule after its attribute, or `name=`; check the names.)")
+    fail("\n".join(lines))
+
+
+def assert_causal(apply: Callable[[Any], Any], x: Any, position: int, perturb: Callable[[Any], Any],
+                  what: str) -> None:
+    """Outputs at positions <= `position` must not change when inputs after `position` change."""
+    before = np.asarray(apply(x), dtype=np.float64)
+    after = np.asarray(apply(perturb(x)), dtype=np.float64)
+    change = np.abs(before[:, : position + 1] - after[:, : position + 1]).max()
+    if change > 1e-5:
+        fail(f"{what} at position {position} changed by {change:.3g} when only inputs after position "
+             f"{position} changed: the output at a position depends on later tokens. Is the causal mask "
+             "applied before the softmax, with the lower triangle (tril) kept?")
+
+
+def without_dropout_rng(apply: Callable[[], Any], what: str) -> Any:
+    """Runs `apply` (a deterministic call) and explains a request for a dropout RNG."""
+    try:
+        return apply()
+    except Exception as err:
+        if type(err).__name__ == "InvalidRngError" and "dropout" in str(err):
+            fail(f"{what} asked for a 'dropout' RNG when called with deterministic=True: pass "
+                 "`deterministic` on to nn.Dropout so that dropout is off at evaluation time.")
+        raise
