@@ -65,7 +65,7 @@ TASKS: tuple[Task, ...] = (
     Task(6, "own_parts", "LayerNorm, Block and MiniGPT from your own parts", ("LayerNorm", "Block", "MiniGPT"),
          40, 2, builds_on=(1, 5)),
     Task(7, "training", "The loss, a jitted training step and evaluation",
-         ("cross_entropy", "create_train_state", "train_step", "evaluate"), 40, 2),
+         ("cross_entropy", "create_train_state", "train_step", "evaluate", "train"), 45, 2),
     Task(8, "generate", "Sampling: temperature, top-k and a jittable loop", ("generate", "generate_jit"), 45, 3),
 )
 
