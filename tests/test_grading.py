@@ -1,0 +1,157 @@
+"""The checker itself: learner code is untrusted input, so every way it can go wrong must come back as a
+verdict in words, never as a crash of the checker or a pass it did not verify."""
+
+import shutil
+import textwrap
+
+import pytest
+
+from jaxgpt import catalog, grading, implementation, outcomes
+
+HEAD = catalog.get_task(3)
+
+
+def _grade_head(tmp_path, body: str, timeout_s: float = 60):
+    """Grades a task-3 file whose `Head.__call__` body is `body` (other tasks: the reference)."""
+    directory = tmp_path / "impl"
+    directory.mkdir()
+    for source in catalog.REFERENCE_DIR.glob("task*.py"):
+        shutil.copy(source, directory / source.name)
+    (directory / "task03_head.py").write_text(textwrap.dedent('''\
+        import jax, jax.numpy as jnp
+        import flax.linen as nn
+
+        class Head(nn.Module):
+            head_size: int
+            dropout_rate: float = 0.0
+
+            @nn.compact
+            def __call__(self, x, deterministic=True):
+                k = nn.Dense(self.head_size, use_bias=False, name="key")(x)
+                q = nn.Dense(self.head_size, use_bias=False, name="query")(x)
+                v = nn.Dense(self.head_size, use_bias=False, name="value")(x)
+        ''') + textwrap.indent(textwrap.dedent(body), " " * 8))
+    return grading.run_suite(HEAD, directory, timeout_s=timeout_s)
+
+
+def test_reference_passes_and_stub_is_not_started():
+    assert grading.run_suite(HEAD, "reference").status == outcomes.PASSED
+    verdict = grading.run_suite(HEAD, "tasks")
+    assert verdict.status == outcomes.NOT_STARTED
+    assert "not started" in verdict.text()
+
+
+def test_exception_in_learner_code_names_the_learner_line(tmp_path):
+    verdict = _grade_head(tmp_path, "wei = q @ k  # forgot the transpose\nreturn wei @ v\n")
+    text = verdict.text()
+    assert verdict.status == outcomes.FAILED
+    assert "your code raised TypeError" in text
+    assert "task03_head.py, line 13" in text and "wei = q @ k" in text
+
+
+def test_wrong_shape_is_a_sentence(tmp_path):
+    verdict = _grade_head(tmp_path, "return v[:, :, :1]\n")
+    assert "should have shape (2, 6, 4), but it has shape (2, 6, 1)" in verdict.text()
+
+
+def test_nan_is_a_sentence(tmp_path):
+    verdict = _grade_head(tmp_path, "return v * jnp.nan\n")
+    assert "NaN or infinite" in verdict.text()
+
+
+def test_returning_none_is_a_sentence(tmp_path):
+    verdict = _grade_head(tmp_path, "pass\n")
+    assert verdict.status == outcomes.FAILED
+    assert "should be an array" in verdict.text() or "NoneType" in verdict.text()
+
+
+def test_hang_is_stopped_by_the_time_limit(tmp_path):
+    verdict = _grade_head(tmp_path, "while True:\n    pass\n", timeout_s=2)
+    assert verdict.status == outcomes.FAILED
+    assert "did not finish within its time limit 2 s" in verdict.text()
+
+
+def test_syntax_error_names_the_line(tmp_path):
+    verdict = _grade_head(tmp_path, "return (q @ v\n")
+    assert verdict.status == outcomes.FAILED
+    assert "syntax error" in verdict.text()
+
+
+def test_missing_name_in_a_namespace():
+    verdict = grading.run_suite(HEAD, {"Hed": object()})
+    assert verdict.status == outcomes.FAILED
+    assert "does not define `Head`" in verdict.text()
+
+
+def test_missing_task_file(tmp_path):
+    verdict = grading.run_suite(HEAD, tmp_path)
+    assert "task03_head.py does not exist" in verdict.text()
+
+
+def test_import_time_error_is_a_sentence(tmp_path):
+    (tmp_path / "task03_head.py").write_text("import jax\nraise ValueError('oops at import')\n")
+    verdict = grading.run_suite(HEAD, tmp_path)
+    assert verdict.status == outcomes.FAILED
+    assert "Importing" in verdict.text() and "oops at import" in verdict.text()
+
+
+def test_notebook_namespace_is_graded():
+    namespace = {}
+    exec((catalog.REFERENCE_DIR / "task03_head.py").read_text(), namespace)
+    assert grading.run_suite(HEAD, namespace).status == outcomes.PASSED
+
+
+def test_single_file_implementation(tmp_path):
+    path = tmp_path / "solution.py"
+    shutil.copy(catalog.REFERENCE_DIR / "task03_head.py", path)
+    assert grading.run_suite(HEAD, path).status == outcomes.PASSED
+
+
+def test_bad_impl_spec_is_a_sentence(tmp_path):
+    with pytest.raises(implementation.LoadError, match="neither"):
+        implementation.resolve(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("task", catalog.TASKS, ids=[t.stem for t in catalog.TASKS])
+def test_stubs_read_not_started_and_reference_passes(task):
+    """Copying reference files of tasks 1..k into tasks/ turns exactly tasks 1..k green: a task's verdict
+    depends only on its own file and on the files of the earlier tasks it builds on, so it is enough that
+    every stub reads "not started" and every reference passes (blocking is tested per task)."""
+    assert all(b < task.number for b in task.builds_on)
+    stub = grading.run_suite(task, "tasks")
+    assert stub.status == outcomes.NOT_STARTED, stub.text(verbose=True)
+    reference = grading.run_suite(task, "reference")
+    assert reference.status == outcomes.PASSED, reference.text(verbose=True)
+
+
+def test_every_task_has_its_files():
+    for task in catalog.TASKS:
+        for path in (catalog.TASKS_DIR / f"{task.stem}.py", catalog.REFERENCE_DIR / f"{task.stem}.py",
+                     task.test_file, task.lesson_file, task.hints_file):
+            assert path.exists(), f"task {task.number} is missing {path.relative_to(catalog.REPO_ROOT)}"
+
+
+def test_public_names_agree():
+    """tasks/, reference/ and the catalog name the same public objects."""
+    stubs, reference = implementation.resolve("tasks"), implementation.resolve("reference")
+    for task in catalog.TASKS:
+        for name in task.names:
+            stub_obj, ref_obj = stubs.get(task, name), reference.get(task, name)
+            assert type(stub_obj) is type(ref_obj), f"task {task.number}: `{name}` differs in kind"
+            if isinstance(ref_obj, type):
+                import dataclasses
+                if dataclasses.is_dataclass(ref_obj):
+                    ref_fields = [f.name for f in dataclasses.fields(ref_obj)]
+                    stub_fields = [f.name for f in dataclasses.fields(stub_obj)]
+                    assert ref_fields == stub_fields, f"task {task.number}: `{name}` fields differ"
+            else:
+                import inspect
+                assert inspect.signature(stub_obj) == inspect.signature(ref_obj), (
+                    f"task {task.number}: `{name}` signatures differ")
+
+
+def test_every_stub_says_its_task_number():
+    """The checker tells "not started" from "builds on task N" by the stub's message."""
+    for task in catalog.TASKS:
+        source = (catalog.TASKS_DIR / f"{task.stem}.py").read_text()
+        assert f'NotImplementedError("Task {task.number}:' in source, task.stem
