@@ -75,3 +75,141 @@ class _OracleFeedForward(nn.Module):
     def __call__(self, x, deterministic):
         h = nn.relu(nn.Dense(4 * self.n_embd, name="fc")(x))
         return nn.Dropout(self.dropout_rate)(nn.Dense(self.n_embd, name="proj")(h), deterministic=deterministic)
+
+
+# --- The same GPT as plain functions over a parameter tree, with switches for the usual mistakes. ---
+# Deterministic (no dropout). Each piece calls Flax's own layer on its part of the tree, so the right answer
+# is Flax's; a switch recomputes a known wrong variant from the same parameters, which lets a failing check
+# name its likely cause. `p` is always the inner tree (params["params"] or a sub-tree of it).
+
+
+def layer_norm(p, x, epsilon: float = 1e-6):
+    return nn.LayerNorm(epsilon=epsilon).apply({"params": p}, x)
+
+
+def self_attention(p, x, n_head: int, causal: bool = True):
+    """Flax's multi-head attention of x on itself, causal unless told otherwise."""
+    mask = nn.make_causal_mask(jnp.ones((1, x.shape[1]))) if causal else None
+    return nn.MultiHeadDotProductAttention(num_heads=n_head).apply({"params": p}, x, mask=mask)
+
+
+def feed_forward(p, x, activation: Callable[[Any], Any] = nn.relu):
+    h = activation(x @ p["fc"]["kernel"] + p["fc"]["bias"])  # (B, T, 4C)
+    return h @ p["proj"]["kernel"] + p["proj"]["bias"]  # (B, T, C)
+
+
+def block(p, x, n_head: int, *, norm: str = "pre", residual: str = "both", residual_of_normed: bool = False,
+          causal: bool = True, activation: Callable[[Any], Any] = nn.relu,
+          attention: Callable[[Any, Any], Any] | None = None, ffwd: Callable[[Any, Any], Any] | None = None,
+          ln: Callable[[Any, Any], Any] = layer_norm):
+    """One block. norm: "pre" (x + f(ln(x)), the lesson's) or "post" (ln(x + f(x)), the 2017 paper's);
+    residual: "both", "attn" (only around attention), "ffwd" (only around the MLP) or "none";
+    residual_of_normed: the skip path starts from ln(x) instead of x; attention(p_attn, h),
+    ffwd(p_ffwd, h) and ln(p_ln, h) replace Flax's attention, the ReLU MLP and Flax's LayerNorm (with a
+    learner's own layers, say, to tell which part is wrong)."""
+    attend = attention or (lambda pa, h: self_attention(pa, h, n_head, causal))
+    mlp = ffwd or (lambda pf, h: feed_forward(pf, h, activation))
+    keep_attn, keep_ffwd = residual in ("both", "attn"), residual in ("both", "ffwd")
+    if norm == "post":
+        x = ln(p["ln1"], (x if keep_attn else 0) + attend(p["attn"], x))
+        return ln(p["ln2"], (x if keep_ffwd else 0) + mlp(p["ffwd"], x))
+    h = ln(p["ln1"], x)
+    x = (h if residual_of_normed else x if keep_attn else 0) + attend(p["attn"], h)
+    h = ln(p["ln2"], x)
+    return (h if residual_of_normed else x if keep_ffwd else 0) + mlp(p["ffwd"], h)
+
+
+def gpt(p, idx, n_head: int, *, positions: bool = True, final_norm: bool = True,
+        ln: Callable[[Any, Any], Any] = layer_norm, **block_switches):
+    """The whole model's logits (B, T, vocab_size); block_switches go to `block`."""
+    T = idx.shape[1]
+    x = p["token_embedding"]["embedding"][idx]  # (B, T, C)
+    if positions:
+        x = x + p["position_embedding"]["embedding"][:T]  # (T, C) broadcast over B
+    n_layer = sum(name.startswith("blocks_") for name in p)
+    for i in range(n_layer):
+        x = block(p[f"blocks_{i}"], x, n_head, ln=ln, **block_switches)
+    if final_norm:
+        x = ln(p["ln_f"], x)
+    return x @ p["lm_head"]["kernel"] + p["lm_head"]["bias"]  # (B, T, vocab_size)
+
+
+def block_mistakes(mask_advice: str = "") -> list[tuple[str, dict]]:
+    """The usual wrong blocks: (what the learner likely did, switches of `block` and `gpt` that compute it)."""
+    return [
+        ("the block is post-norm, ln(x + f(x)) as in the 2017 paper; this GPT is pre-norm: x + f(ln(x)).",
+         dict(norm="post")),
+        ("the residual connections are missing: the block should return x + attn(ln1(x)), then "
+         "x + ffwd(ln2(x)).", dict(residual="none")),
+        ("the residual connection around the feed-forward is missing: x = x + ffwd(ln2(x)).",
+         dict(residual="attn")),
+        ("the residual connection around attention is missing: x = x + attn(ln1(x)).", dict(residual="ffwd")),
+        ("the residual is added to the normalised x (x = ln1(x); x = x + attn(x)); keep x itself on the skip "
+         "path: x = x + attn(ln1(x)).", dict(residual_of_normed=True)),
+        ("attention has no causal mask, so every position sees the future" + (f": {mask_advice}" if mask_advice
+                                                                              else "."), dict(causal=False)),
+        ("the feed-forward uses GELU (as nanoGPT does); this lesson's uses ReLU, as in the video.",
+         dict(activation=lambda h: nn.gelu(h, approximate=True))),
+        ("the feed-forward uses the exact GELU; this lesson's uses ReLU, as in the video.",
+         dict(activation=lambda h: nn.gelu(h, approximate=False))),
+        ("the feed-forward has no ReLU between its two Dense layers.", dict(activation=lambda h: h)),
+    ]
+
+
+def model_mistakes(mask_advice: str = "") -> list[tuple[str, dict]]:
+    """`block_mistakes` and the model's own: (what the learner likely did, switches of `gpt`)."""
+    return block_mistakes(mask_advice) + [
+        ("the final LayerNorm (ln_f) is not applied before lm_head.", dict(final_norm=False)),
+        ("the position embedding is not added to the token embedding.", dict(positions=False)),
+    ]
+
+
+def random_params(module: nn.Module, *args, seed: int = 0, **kwargs):
+    """A parameter tree for `module.init(key, *args, **kwargs)`, filled from numpy rather than by the init
+    (the tree's shapes are traced, nothing is compiled, so it is quick). LayerNorm scales are drawn around 1
+    and biases around 0, not left at 1 and 0, so that a forgotten or misplaced scale or bias shows in the
+    numbers."""
+    import jax
+    import numpy as np
+
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        noise = rng.standard_normal(leaf.shape)
+        if name == "scale":
+            value = 1.0 + 0.2 * noise
+        elif name == "bias":
+            value = 0.2 * noise
+        elif name == "kernel":  # variance 1 / fan-in; an attention output kernel (H, D, C) takes H * D in
+            fan_in = leaf.shape[0] * (leaf.shape[1] if str(getattr(path[-2], "key", "")) == "out" else 1)
+            value = noise / np.sqrt(fan_in)
+        else:
+            value = noise
+        return np.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def dropout_calls(run: Callable[[], Any]) -> list[tuple[str, bool]]:
+    """Runs `run()` and lists `(module path, deterministic)` for every nn.Dropout and Flax attention layer
+    with a non-zero rate that it called: whether `deterministic` reached each of them."""
+    import inspect
+
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        rate = getattr(module, "rate", getattr(module, "dropout_rate", 0.0))
+        if context.method_name == "__call__" and isinstance(module, (nn.Dropout, nn.MultiHeadDotProductAttention)) \
+                and rate:
+            bound = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
+            flag = bound.arguments.get("deterministic")
+            flag = module.deterministic if flag is None else flag
+            seen.append(("/".join(module.scope.path) if module.scope else type(module).__name__, bool(flag)))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        run()
+    return seen

@@ -1,0 +1,253 @@
+"""The `jaxgpt` command: progress, check, hint, train, sample.
+
+    jaxgpt progress                      one line per task: passed, N of M checks, not started, blocked
+    jaxgpt check 3 [-v]                  grade task 3 (tasks/task03_head.py); exit 0 when every check passes
+    jaxgpt hint 3                        the next hint for task 3
+    jaxgpt train --config tiny           train your task 1 MiniGPT (--impl reference for the reference's)
+    jaxgpt sample --checkpoint checkpoints/tiny --prompt "ROMEO:"
+
+Whatever goes wrong on the learner's side (an unfinished task, a bad path, a damaged checkpoint, a prompt
+with unknown characters) is said in a sentence on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from jaxgpt import catalog
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(Exception):
+    """Something the person at the terminal can fix; printed as it is, with exit code `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its own message (or --help)
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except UserError as err:
+        print(str(err), file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxgpt", description="The JAX GPT challenge: check your tasks, "
+                                     "reveal hints, train and sample your model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    impl_help = ("the code to use: `tasks` (your solutions, the default), `reference`, a directory laid out "
+                 "like tasks/, or one .py file")
+
+    p = sub.add_parser("progress", help="show every task's status")
+    p.add_argument("--impl", default="tasks", help=impl_help)
+    p.set_defaults(run=cmd_progress)
+
+    p = sub.add_parser("check", help="run one task's checks")
+    p.add_argument("task", help="the task number")
+    p.add_argument("--impl", default="tasks", help=impl_help)
+    p.add_argument("-v", "--verbose", action="store_true", help="list every check, also when not started")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("hint", help="reveal the next hint for a task")
+    p.add_argument("task", help="the task number")
+    p.set_defaults(run=cmd_hint)
+
+    p = sub.add_parser("train", help="train a MiniGPT configuration with a progress bar and checkpoints")
+    p.add_argument("--config", default="tiny", help="tiny (a laptop CPU, ~8 min), challenge, video (a GPU), "
+                   "micro (seconds)")
+    p.add_argument("--impl", default="tasks", help=impl_help)
+    p.add_argument("--task", type=int, default=1, choices=(1, 6),
+                   help="whose MiniGPT: task 1's (Flax's layers, the default) or task 6's (your own parts)")
+    p.add_argument("--data", default=None, help="a UTF-8 text file to train on (default: tiny Shakespeare)")
+    p.add_argument("--out", default=None, help="the checkpoint directory (default: checkpoints/<config>)")
+    p.add_argument("--max-iters", type=int, default=None, help="override the configuration's step count")
+    p.add_argument("--eval-interval", type=int, default=None, help="override how often to evaluate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `jaxgpt train`")
+    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--tokens", type=int, default=500, help="how many new characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="below 1 safer, above 1 wilder, 0 greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    p.add_argument("--impl", default=None, help="the code whose MiniGPT to use (default: the one that trained "
+                   "the checkpoint)")
+    p.set_defaults(run=cmd_sample)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------
+# progress, check, hint
+
+
+def _task(number: str) -> catalog.Task:
+    try:
+        return catalog.get_task(number)
+    except LookupError as err:
+        raise UserError(str(err), EXIT_USAGE) from None
+
+
+def _implementation(spec: str):
+    from jaxgpt import implementation
+
+    try:
+        return implementation.resolve(spec)
+    except implementation.LoadError as err:
+        raise UserError(str(err), EXIT_USAGE) from None
+
+
+def status_line(verdict) -> str:
+    """A task's status in a few words: passed, 3 of 7 checks pass, not started, blocked by task 3."""
+    import re
+
+    from jaxgpt import outcomes
+
+    status = verdict.status
+    if status in (outcomes.PASSED, outcomes.NOT_STARTED):
+        return status
+    if status == outcomes.BLOCKED:
+        message = next(c.message for c in verdict.checks if c.status == outcomes.BLOCKED)
+        found = re.search(r"builds on task (\d+)", message)
+        return f"blocked by task {found.group(1)}" if found else "blocked by an earlier task"
+    counted = [c for c in verdict.checks if c.status != outcomes.SKIPPED]
+    passed = sum(c.status == outcomes.PASSED for c in counted)
+    return f"{passed} of {len(counted)} checks pass"
+
+
+def cmd_progress(args) -> int:
+    from jaxgpt.grading import run_suite
+
+    impl = _implementation(args.impl)
+    width = max(len(t.title) for t in catalog.TASKS)
+    print(f"Progress of {impl.label}:")
+    done = 0
+    for task in catalog.TASKS:
+        if not task.test_file.exists():
+            status = "no checks yet"
+        else:
+            verdict = run_suite(task, impl)
+            status = status_line(verdict)
+            done += verdict.passed
+        print(f"  {task.number:>2}  {task.title:<{width}}  {task.minutes:>3} min  {task.stars}  {status}")
+    print(f"{done} of {len(catalog.TASKS)} tasks passed.")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from jaxgpt.grading import run_suite
+
+    task = _task(args.task)
+    impl = _implementation(args.impl)
+    try:
+        verdict = run_suite(task, impl)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    print(verdict.text(verbose=args.verbose))
+    return EXIT_OK if verdict.passed else EXIT_FAILED
+
+
+def cmd_hint(args) -> int:
+    from jaxgpt import hints
+
+    task = _task(args.task)
+    print(hints.next_hint_cli(task.number, hints.STATE_FILE))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------
+# train, sample
+
+
+def cmd_train(args) -> int:
+    from jaxgpt import configs, data, training
+
+    try:
+        config = configs.get_config(args.config).with_overrides(args.max_iters, args.eval_interval)
+    except configs.ConfigError as err:
+        raise UserError(str(err), EXIT_USAGE) from None
+    _implementation(args.impl)  # a bad --impl is a usage error, said before anything loads
+    out = Path(args.out) if args.out else Path("checkpoints") / config.name
+    try:
+        history = training.train(config, impl=args.impl, task=args.task, data_path=args.data, out_dir=out,
+                                 progress=not args.no_progress)
+    except training.TrainingError as err:
+        message = str(err)
+        if args.impl == "tasks" and "NotImplementedError" in message:
+            message += " To train the reference's model meanwhile, add --impl reference."
+        raise UserError(message[0].upper() + message[1:]) from None
+    except (configs.ConfigError, data.DataError) as err:
+        raise UserError(str(err)) from None
+    if history.interrupted:
+        return EXIT_INTERRUPTED
+    minutes, seconds = divmod(round(history.wall_seconds), 60)
+    print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in {minutes}m{seconds:02d}s "
+          f"({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
+          f"`jaxgpt sample --checkpoint {out}`.")
+    return EXIT_OK
+
+
+def cmd_sample(args) -> int:
+    import jax
+
+    from jaxgpt import checkpoint, sampling, training
+
+    if args.tokens < 0:
+        raise UserError(f"--tokens must be 0 or more, got {args.tokens}.", EXIT_USAGE)
+    if not args.temperature >= 0:
+        raise UserError(f"--temperature must be 0 or more, got {args.temperature}.", EXIT_USAGE)
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}.", EXIT_USAGE)
+    try:
+        params, config, tokenizer, meta = checkpoint.load(args.checkpoint)
+    except checkpoint.CheckpointError as err:
+        raise UserError(str(err)) from None
+    if not args.prompt:
+        raise UserError("The prompt is empty; give at least one character (the default is a newline).",
+                        EXIT_USAGE)
+    try:
+        prompt_ids = tokenizer.encode(args.prompt)
+    except ValueError:
+        unknown = sorted({ch for ch in args.prompt if ch not in getattr(tokenizer, "stoi", {})})
+        shown = ", ".join(repr(ch) for ch in unknown[:10])
+        raise UserError(f"The prompt has characters that the model never saw in training: {shown}. Its "
+                        f"vocabulary is the {tokenizer.vocab_size} characters of its training text.") from None
+
+    source = meta.get("source") or {}
+    impl = args.impl or source.get("impl") or "reference"
+    task = int(source.get("task", 1))
+    try:
+        model = training.build_model(training.model_class(impl, task), config)
+    except training.TrainingError as err:
+        hint = "" if args.impl else " Choose the code with --impl (for example --impl reference)."
+        raise UserError(f"The checkpoint's model cannot be rebuilt: {err}{hint}") from None
+    try:
+        ids = sampling.sample(model, params, prompt_ids, jax.random.PRNGKey(args.seed), args.tokens,
+                              temperature=args.temperature, top_k=args.top_k, block_size=config.model.block_size)
+    except Exception as err:  # the learner's model
+        raise UserError("Sampling failed: " + training.explain_model_error(err, task)) from None
+    print(tokenizer.decode(ids))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The `jaxgpt` command, called in-process through `main(argv)`: what it prints, its exit codes, and a
+sentence (never a traceback) for everything a learner can get wrong."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+
+from jaxgpt import catalog, cli, hints
+
+CORPUS = "the quick brown fox jumps over the lazy dog.\nthe lazy dog sleeps in the sun.\n" * 60
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(CORPUS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    """`jaxgpt train` of the micro configuration for 10 steps; (exit code, output, checkpoint directory).
+    capsys is per test, so this module-wide run captures its output by hand."""
+    out_dir = tmp_path_factory.mktemp("ckpt") / "micro"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["train", "--config", "micro", "--impl", "reference", "--data", str(corpus),
+                         "--out", str(out_dir), "--max-iters", "10", "--eval-interval", "5", "--no-progress"])
+    return code, stdout.getvalue() + stderr.getvalue(), out_dir
+
+
+# ---- progress, check, hint ------------------------------------------------------------------------------
+
+
+def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
+    code, out, _ = run(capsys, "progress")
+    assert code == 0
+    lines = out.splitlines()
+    for task in catalog.TASKS:
+        line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
+        assert line is not None, f"task {task.number} is not listed:\n{out}"
+        assert f"{task.minutes} min" in line and task.stars in line
+        if task.test_file.exists():
+            assert line.endswith("not started"), line
+    assert "0 of 8 tasks passed" in out
+
+
+def test_progress_names_passed_not_started_and_blocked_tasks(capsys, tmp_path):
+    import shutil
+
+    shutil.copy(catalog.REFERENCE_DIR / "task02_averaging.py", tmp_path)  # finished
+    shutil.copy(catalog.TASKS_DIR / "task03_head.py", tmp_path)  # the stub
+    shutil.copy(catalog.REFERENCE_DIR / "task04_multihead.py", tmp_path)  # finished, but builds on task 3
+    code, out, _ = run(capsys, "progress", "--impl", str(tmp_path))
+    assert code == 0
+    assert re.search(r"^\s+2\s+The averaging trick.*passed$", out, re.MULTILINE), out
+    assert re.search(r"^\s+3\s+One head of causal self-attention.*not started$", out, re.MULTILINE), out
+    assert re.search(r"^\s+4\s+Multi-head attention from heads.*blocked by task 3$", out, re.MULTILINE), out
+    assert "1 of 8 tasks passed" in out
+
+
+def test_check_on_a_stub_exits_1_and_says_not_started(capsys):
+    code, out, _ = run(capsys, "check", "3")
+    assert code == 1
+    assert "Task 3" in out and "not started" in out
+
+
+def test_check_reference_exits_0(capsys):
+    code, out, _ = run(capsys, "check", "3", "--impl", "reference", "-v")
+    assert code == 0
+    assert "checks pass. Well done!" in out and "✓" in out
+
+
+def test_check_unknown_task_is_a_sentence(capsys):
+    code, _, err = run(capsys, "check", "99")
+    assert code == 2 and "There is no task '99'" in err
+
+
+def test_bad_impl_path_is_a_sentence(capsys, tmp_path):
+    code, _, err = run(capsys, "check", "3", "--impl", str(tmp_path / "missing"))
+    assert code == 2 and "is neither `tasks`, `reference`" in err
+    code, _, err = run(capsys, "train", "--config", "micro", "--impl", str(tmp_path / "missing"))
+    assert code == 2 and "is neither `tasks`, `reference`" in err
+
+
+def test_hint_reveals_one_hint_at_a_time(capsys, monkeypatch, tmp_path):
+    state = tmp_path / "hints.json"
+    monkeypatch.setattr(hints, "STATE_FILE", state)
+    ladder = hints.ladder(catalog.get_task(3))
+    assert len(ladder) >= 2
+    code, out, _ = run(capsys, "hint", "3")
+    assert code == 0 and "Hint 1 of" in out and ladder[0] in out and ladder[1] not in out
+    code, out, _ = run(capsys, "hint", "3")
+    assert code == 0 and "Hint 2 of" in out and ladder[1] in out
+    assert json.loads(state.read_text()) == {"3": 2}
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "progress" in out and "sample" in out
+
+
+# ---- train and sample ------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_checkpoint_and_a_history_whose_loss_fell(trained):
+    code, output, out_dir = trained
+    assert code == 0, output
+    assert re.search(r"^step 10: train \d+\.\d+, eval \d+\.\d+, [\d,]+ tok/s$", output, re.MULTILINE), output
+    assert "Done: eval loss" in output
+    assert (out_dir / "checkpoint.json").is_file() and (out_dir / "params.msgpack").is_file()
+    history = json.loads((out_dir / "history.json").read_text())
+    assert history["steps"] == [0, 5, 10]
+    assert history["eval_losses"][-1] < history["eval_losses"][0]
+    assert history["config"]["train"]["max_iters"] == 10
+
+
+def test_sample_prints_prompt_and_the_asked_number_of_characters(capsys, trained):
+    _, _, out_dir = trained
+    code, out, _ = run(capsys, "sample", "--checkpoint", str(out_dir), "--prompt", "the ", "--tokens", "30",
+                       "--seed", "3")
+    assert code == 0
+    text = out.removesuffix("\n")
+    assert len(text) == len("the ") + 30 and text.startswith("the ")
+    assert set(text) <= set(CORPUS)
+    again = run(capsys, "sample", "--checkpoint", str(out_dir), "--prompt", "the ", "--tokens", "30",
+                "--seed", "3")[1]
+    assert again == out  # the same seed gives the same text
+
+
+def test_sample_with_an_unknown_character_is_a_sentence(capsys, trained):
+    _, _, out_dir = trained
+    code, _, err = run(capsys, "sample", "--checkpoint", str(out_dir), "--prompt", "ROMEO:")
+    assert code == 1
+    assert "never saw in training: ':', 'E', 'M', 'O', 'R'." in err
+
+
+def test_sample_from_a_missing_checkpoint_is_a_sentence(capsys, tmp_path):
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path / "nothing"))
+    assert code == 1 and "There is no checkpoint at" in err
+
+
+def test_train_unknown_config_is_a_sentence(capsys):
+    code, _, err = run(capsys, "train", "--config", "huge")
+    assert code == 2 and "There is no configuration 'huge'; the configurations are tiny" in err
+
+
+def test_train_a_stub_says_the_task_is_not_finished(capsys, tmp_path, corpus):
+    (tmp_path / "task01_minigpt.py").write_text(
+        "import flax.linen as nn\n\n"
+        "class MiniGPT(nn.Module):\n"
+        "    vocab_size: int\n    block_size: int\n    n_embd: int\n    n_head: int\n    n_layer: int\n"
+        "    dropout_rate: float = 0.0\n\n"
+        "    def __call__(self, idx, deterministic=True):\n"
+        "        raise NotImplementedError('Task 1: write MiniGPT')\n")
+    code, _, err = run(capsys, "train", "--config", "micro", "--impl", str(tmp_path), "--data", str(corpus),
+                       "--out", str(tmp_path / "out"))
+    assert code == 1
+    assert err.strip() == "Task 1 is not finished: `MiniGPT` still raises NotImplementedError."
+
+
+def test_train_with_a_missing_data_file_is_a_sentence(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--config", "micro", "--impl", "reference", "--data",
+                       str(tmp_path / "missing.txt"))
+    assert code == 1 and "There is no file at" in err

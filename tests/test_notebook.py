@@ -1,0 +1,256 @@
+"""The notebook is built from its sources and runs top to bottom in a real kernel.
+
+- freshness: the committed challenge.ipynb is what `python -m jaxgpt.notebook` builds today;
+- with the reference solutions in the stub cells, every check cell says "all N checks pass", the
+  milestone trains, and the finale trains, plots and samples;
+- with the stubs as a learner first sees them, nothing raises: every check says "not started" and the
+  milestone and finale say which tasks to finish first.
+
+The execution tests run with JAXGPT_SMOKE=1 (training cells take a handful of steps) on a small corpus
+written here (JAXGPT_DATA), so they need neither the network nor tiny Shakespeare. The milestone cell is
+switched on (RUN_MILESTONE = True) in both runs, so that its code runs too.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+
+import nbformat
+import pytest
+
+from jaxgpt import catalog, notebook
+
+CELL_TIMEOUT_S = 300
+EXECUTION_TIMEOUT_S = 1800
+_CHECK_CELL = re.compile(r"^check\((\d+)\)$")
+
+SPEAKERS = ["First Citizen", "Second Citizen", "MENENIUS", "ROMEO", "JULIET", "KING RICHARD III",
+            "LADY CAPULET", "QUEEN ELIZABETH", "DUKE VINCENTIO", "Nurse", "GLOUCESTER", "BUCKINGHAM"]
+WORDS = ("the and of to my I you is that in not with me it be your his this but he have what so thou will "
+         "shall good lord sir come now let love king thee our by are all no do as for her him more she "
+         "well then there say speak night day hath would know here heart death sweet fair man may").split()
+PUNCTUATION = [",", ".", ";", ":", "!", "?", "'s", ", my lord,", " -"]
+
+
+def small_corpus(n_speeches: int = 220, seed: int = 0) -> str:
+    """A few KB of Shakespeare-like text: speaker names, short lines, blank lines between speeches, and
+    every one of tiny Shakespeare's 65 characters, so that any prompt the notebook uses can be encoded."""
+    rng = random.Random(seed)
+    speeches = ["First Citizen:\nBefore we proceed any further, hear me speak.",
+                "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG;\nthe quick brown fox jumps over the lazy dog!",
+                "ZOUNDS & WEXFORD:\nWhat, 3 $ for thy jewel? Ay - 'tis so."]
+    for _ in range(n_speeches):
+        lines = []
+        for _ in range(rng.randint(1, 3)):
+            words = rng.choices(WORDS, k=rng.randint(4, 9))
+            words[0] = words[0].capitalize()
+            lines.append(" ".join(words) + rng.choice(PUNCTUATION))
+        speeches.append(f"{rng.choice(SPEAKERS)}:\n" + "\n".join(lines))
+    text = "\n\n".join(speeches) + "\n"
+    expected = set("\n !$&',-.3:;?") | set(string.ascii_letters)
+    assert set(text) == expected, f"the corpus's characters differ from tiny Shakespeare's: {set(text) ^ expected}"
+    return text
+
+
+def test_committed_notebook_is_fresh():
+    """challenge.ipynb is exactly what the sources build"""
+    if not notebook.NOTEBOOK_PATH.is_file():
+        pytest.fail("challenge.ipynb is missing: run `python -m jaxgpt.notebook`")
+    committed = nbformat.read(notebook.NOTEBOOK_PATH, as_version=4)
+    built = notebook.build()
+    kinds_and_sources = [(c.cell_type, c.source) for c in built.cells]
+    found = notebook.differences(built, committed)
+    assert kinds_and_sources == [(c.cell_type, c.source) for c in committed.cells] and not found, (
+        f"challenge.ipynb is stale: run `python -m jaxgpt.notebook` ({'; '.join(found[:3])})")
+    assert notebook.NOTEBOOK_PATH.read_text(encoding="utf-8") == notebook.to_text(built), (
+        "challenge.ipynb is stale: run `python -m jaxgpt.notebook` (its formatting differs)")
+
+
+def test_build_is_deterministic_and_has_no_outputs():
+    """Two builds are identical, every cell has an id, and no code cell carries an output"""
+    first, second = notebook.to_text(notebook.build()), notebook.to_text(notebook.build())
+    assert first == second
+    nb = nbformat.reads(first, as_version=4)
+    nbformat.validate(nb)
+    ids = [c.id for c in nb.cells]
+    assert len(ids) == len(set(ids)), "two cells share an id"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
+
+
+def test_every_task_has_its_cells_in_order():
+    """Each task has a heading, its stub without docstring or relative imports, a check and a hint cell"""
+    nb = notebook.build()
+    sources = [c.source for c in nb.cells]
+    positions = []
+    for task in catalog.TASKS:
+        tag = f"task{task.number:02d}"
+        by_id = {c.id: c for c in nb.cells}
+        heading = by_id[f"{tag}-heading"].source
+        assert heading.startswith(f"## Task {task.number} · {task.title}")
+        assert f"about {task.minutes} minutes" in heading and task.stars in heading
+        assert all(f"`{name}`" in heading for name in task.names)
+        code = by_id[f"{tag}-code"].source
+        assert not code.startswith('"""'), f"task {task.number}'s stub cell still has its module docstring"
+        assert not re.search(r"^from \.", code, re.MULTILINE), f"task {task.number}'s cell imports relatively"
+        assert by_id[f"{tag}-check"].source == f"check({task.number})"
+        assert by_id[f"{tag}-hint"].source == f"# hint({task.number})"
+        positions.append(sources.index(f"check({task.number})"))
+    assert positions == sorted(positions), "the tasks are not in the catalogue's order"
+
+
+def test_pictures_become_attachments():
+    """A picture a lesson shows travels inside the notebook as an attachment"""
+    nb = notebook.build()
+    referenced = [c for c in nb.cells if c.cell_type == "markdown" and "](attachment:" in c.source]
+    assert referenced, "no lesson shows a picture"
+    for cell in referenced:
+        for name in re.findall(r"\]\(attachment:([^)]+)\)", cell.source):
+            assert name in cell.attachments and cell.attachments[name]["image/png"]
+    assert not any("](pictures/" in c.source or "](../pictures/" in c.source
+                   for c in nb.cells if c.cell_type == "markdown")
+
+
+def test_markdown_split_on_run_blocks():
+    """Only ```python run blocks become code cells; other fences stay in the markdown"""
+    text = "Intro\n\n```python\nshown = 1\n```\n\n```python run\nx = 1\nprint(x)\n```\nAfter\n"
+    assert notebook.split_markdown(text) == [
+        ("markdown", "Intro\n\n```python\nshown = 1\n```"), ("code", "x = 1\nprint(x)"), ("markdown", "After")]
+
+
+def test_stub_cells_lose_docstring_and_relative_imports():
+    """A task module becomes a cell without its docstring and its `from .taskNN import X` lines"""
+    source = '"""Task 4.\n\nMore.\n"""\n\nimport jax\n\nfrom .task03_head import Head\n\n\nclass A:\n    """Kept."""\n'
+    assert notebook.notebook_code(source) == 'import jax\n\n\nclass A:\n    """Kept."""'
+
+
+def test_missing_sources_are_listed(monkeypatch, tmp_path):
+    """A missing lesson file stops the build with a sentence naming it"""
+    monkeypatch.setattr(notebook, "FINALE", tmp_path / "finale.md")
+    with pytest.raises(notebook.BuildError, match="finale.md"):
+        notebook.build()
+
+
+def test_needs_tasks_turns_a_stub_into_a_sentence(capsys):
+    """An unfinished task inside a notebook cell prints which tasks to finish, and other errors pass"""
+    with notebook.needs_tasks(6, 7, 8):
+        raise NotImplementedError("Task 7: write train_step")
+    said = capsys.readouterr().out
+    assert "finish tasks 6-8 first" in said.lower() and "Task 7: write train_step" in said
+    with pytest.raises(ValueError):
+        with notebook.needs_tasks(8):
+            raise ValueError("the learner's own bug")
+
+
+def test_check_command_reports_a_stale_notebook(monkeypatch, tmp_path, capsys):
+    """`python -m jaxgpt.notebook --check` exits 1 with a sentence when the notebook is stale"""
+    stale = tmp_path / "challenge.ipynb"
+    nb = notebook.build()
+    nb.cells[0].source += "\n\nAn edit by hand."
+    stale.write_text(notebook.to_text(nb), encoding="utf-8")
+    monkeypatch.setattr(notebook, "NOTEBOOK_PATH", stale)
+    assert notebook.main(["--check"]) == 1
+    assert "challenge.ipynb is stale: run `python -m jaxgpt.notebook`" in capsys.readouterr().out
+    stale.write_text(notebook.to_text(notebook.build()), encoding="utf-8")
+    assert notebook.main(["--check"]) == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running the notebook in a kernel
+
+
+def _execute(nb, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(small_corpus(), encoding="utf-8")
+    monkeypatch.setenv("JAXGPT_SMOKE", "1")
+    monkeypatch.setenv("JAXGPT_DATA", str(corpus))
+    for cell in nb.cells:
+        if cell.id == "milestone":
+            assert "RUN_MILESTONE = False" in cell.source
+            cell.source = cell.source.replace("RUN_MILESTONE = False", "RUN_MILESTONE = True", 1)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(catalog.REPO_ROOT)}})
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        failing = next((c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))),
+                       None)
+        where = f"cell {failing.id!r}" if failing is not None else "a cell"
+        pytest.fail(f"{where} raised while the notebook ran:\n{str(err)[-3000:]}", pytrace=False)
+    errors = [c.id for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"cells raised: {errors}"
+    return nb
+
+
+def _text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        elif "data" in output and "text/plain" in output["data"]:
+            parts.append(output["data"]["text/plain"])
+    return "".join(parts)
+
+
+def _has_image(cell) -> bool:
+    return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def _check_cells(nb):
+    return [(int(_CHECK_CELL.match(c.source).group(1)), c) for c in nb.cells
+            if c.cell_type == "code" and _CHECK_CELL.match(c.source)]
+
+
+def _finale(nb):
+    return [c for c in nb.cells if c.cell_type == "code" and c.id.startswith("finale-")]
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(EXECUTION_TIMEOUT_S)
+def test_notebook_with_solutions_passes_every_check(tmp_path, monkeypatch):
+    """With the reference solutions, every check passes and the milestone and finale train, plot and write"""
+    path = tmp_path / "solutions.ipynb"
+    notebook.write(path, solutions=True)
+    nb = _execute(nbformat.read(path, as_version=4), tmp_path, monkeypatch)
+
+    checks = _check_cells(nb)
+    assert [n for n, _ in checks] == [t.number for t in catalog.TASKS]
+    for number, cell in checks:
+        said = _text(cell)
+        assert re.search(rf"Task {number} · .*: all \d+ checks pass", said), (
+            f"check({number}) with the reference solution said:\n{said}")
+
+    milestone = next(c for c in nb.cells if c.id == "milestone")
+    assert "Eval loss after" in _text(milestone) and _has_image(milestone), _text(milestone)
+
+    finale = _finale(nb)
+    printed = "".join(_text(c) for c in finale)
+    assert "Not yet" not in printed and "first" not in printed.lower(), printed
+    assert re.search(r"eval loss \d+\.\d+", printed), printed
+    assert sum(_has_image(c) for c in finale) == 2, "the finale should show a loss curve and attention weights"
+    assert "ROMEO:" in printed, "the finale's sample should start with its prompt"
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(EXECUTION_TIMEOUT_S)
+def test_notebook_with_stubs_runs_and_says_not_started(tmp_path, monkeypatch):
+    """With the stubs, the notebook runs top to bottom; checks say "not started", the rest says what to finish"""
+    path = tmp_path / "challenge.ipynb"
+    notebook.write(path)
+    nb = _execute(nbformat.read(path, as_version=4), tmp_path, monkeypatch)
+
+    for number, cell in _check_cells(nb):
+        said = _text(cell)
+        assert "not started" in said, f"check({number}) on the stub said:\n{said}"
+
+    milestone = next(c for c in nb.cells if c.id == "milestone")
+    assert "cannot run yet" in _text(milestone) and "task 1" in _text(milestone), _text(milestone)
+
+    printed = "".join(_text(c) for c in _finale(nb))
+    assert "Finish tasks 6 and 7 first" in printed, printed
+    assert not any(_has_image(c) for c in _finale(nb))

@@ -1,0 +1,345 @@
+"""Task 6: `LayerNorm` by hand, and `Block` and `MiniGPT` rebuilt from the learner's own parts.
+
+Oracles: Flax's `nn.LayerNorm` and a float64 layer norm by hand (with inputs of tiny variance, where epsilon
+matters); a GPT built from Flax's layers (tests/oracles_gpt.py) whose parameters, in task 1's tree, are
+loaded into the learner's Block and MiniGPT; causality, jit and dropout properties. A failure names its likely
+cause by recomputing the usual wrong variants, and says when the wrong part is one from task 1 or task 5.
+"""
+
+import jax
+import flax.linen as nn
+import numpy as np
+import pytest
+
+from jaxgpt import checks
+import oracles_gpt as og
+
+TASK = 6
+
+V, BLOCK_SIZE, C, H, L = 11, 8, 16, 2, 2  # vocab_size, block_size, n_embd, n_head, n_layer
+B, T = 2, BLOCK_SIZE
+FIELDS = dict(vocab_size=V, block_size=BLOCK_SIZE, n_embd=C, n_head=H, n_layer=L)
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def idx():
+    return np.random.default_rng(0).integers(0, V, (B, T)).astype(np.int32)  # (B, T) token ids
+
+
+@pytest.fixture(scope="module")
+def params(idx):
+    """One parameter tree in task 1's layout (a task-1 model's), shared by the learner's modules and the oracle."""
+    return og.random_params(og.OracleGPT(**FIELDS), idx)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).standard_normal((B, T, C)).astype(np.float32)  # (B, T, C) activations
+
+
+@pytest.fixture(scope="module")
+def ln_params():
+    rng = np.random.default_rng(3)
+    return {"params": {"scale": (1 + 0.3 * rng.standard_normal(C)).astype(np.float32),
+                       "bias": (0.3 * rng.standard_normal(C)).astype(np.float32)}}
+
+
+def _build(cls, **fields):
+    try:
+        return cls(**fields)
+    except TypeError as err:
+        checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
+                    f"({err}). Keep the fields the lesson names.")
+
+
+_traced: dict = {}
+
+
+def _tree_of(module, *args):
+    """The learner's parameter tree, traced rather than computed (names and shapes are all that is read)."""
+    key = (type(module), repr(module), tuple(np.shape(a) for a in args))
+    if key not in _traced:
+        _traced[key] = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
+    return _traced[key]
+
+
+def _own_params(module, *args):
+    """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
+    return og.random_params(module, *args, seed=2)
+
+
+def require_tree(module, args, expected, name):
+    """A check that loads shared parameters needs the lesson's tree; if it is not, one line says so."""
+    if checks.tree_shapes(_tree_of(module, *args)) != checks.tree_shapes(expected):
+        checks.fail(f"not checked: {name}'s parameter tree is not task 1's, so the shared parameters cannot be "
+                    f"loaded into it (the parameter-tree check says what differs).")
+
+
+# --- LayerNorm ----------------------------------------------------------------------------------------------
+
+
+def layer_norm64(x, p, *, epsilon=1e-6, axis=-1, ddof=0, eps_inside_sqrt=True, sqrt=True, centre=True,
+                 affine=True):
+    """Layer norm in float64 by hand, with switches for the usual mistakes."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=axis, keepdims=True)
+    var = x.var(axis=axis, keepdims=True, ddof=ddof)
+    if not sqrt:
+        spread = var + epsilon
+    elif eps_inside_sqrt:
+        spread = np.sqrt(var + epsilon)
+    else:
+        spread = np.sqrt(var) + epsilon
+    y = ((x - mean) if centre else x) / spread
+    return y * p["scale"] + p["bias"] if affine else y
+
+
+def _diagnose_layer_norm(x, p):
+    axes = [(f"the statistics run over axis {a} ({name}); a LayerNorm normalises each position over its own "
+             "channels: mean and variance over the last axis (axis=-1, keepdims=True).", dict(axis=a))
+            for a, name in ((1, "time"), (0, "the batch"), (None, "the whole array"))]
+    variants = axes + [
+        ("the variance is unbiased (ddof=1, Bessel's correction, as torch.var does by default); LayerNorm "
+         "divides by C: jnp.var(x, axis=-1) or the mean of the squared deviations.", dict(ddof=1)),
+        ("epsilon is added outside the square root, (x - mean) / (sqrt(var) + eps); it goes inside: "
+         "(x - mean) / sqrt(var + eps).", dict(eps_inside_sqrt=False)),
+        ("x is divided by var + eps without the square root: divide by sqrt(var + eps), the standard deviation.",
+         dict(sqrt=False)),
+        ("the mean is not subtracted: (x - mean) / sqrt(var + eps).", dict(centre=False)),
+        ("scale and bias are not applied: return normalised * scale + bias.", dict(affine=False)),
+        ("epsilon is 1e-5 (PyTorch's default); nn.LayerNorm's, and this lesson's, is 1e-6.", dict(epsilon=1e-5)),
+        ("epsilon is missing (0); add it to the variance: sqrt(var + epsilon).", dict(epsilon=0.0)),
+    ]
+    q = {"scale": np.asarray(p["bias"]), "bias": np.asarray(p["scale"])}
+    candidates = [(why, lambda kw=kw: layer_norm64(x, p, **kw)) for why, kw in variants]
+    candidates.append(("scale and bias are swapped: normalised * scale + bias.", lambda: layer_norm64(x, q)))
+    return checks.diagnose_from(candidates)
+
+
+def _layer_norm_out(ln, ln_params, x, what):
+    try:
+        return ln.apply(ln_params, x)
+    except (ValueError, TypeError) as err:
+        checks.fail(f"LayerNorm fails on {what} of shape {np.shape(x)} ({type(err).__name__}: "
+                    f"{str(err).strip().splitlines()[0][:300]}). Take C = x.shape[-1] and reduce over axis=-1 with "
+                    "keepdims=True, so that any leading shape works.")
+
+
+def test_layernorm_parameters(impl, x):
+    """LayerNorm's parameters are scale (C,) initialised to ones and bias (C,) initialised to zeros"""
+    ln = _build(impl.LayerNorm)
+    expected = {"params": {"scale": np.ones(C, np.float32), "bias": np.zeros(C, np.float32)}}
+    checks.assert_tree(_tree_of(ln, x), expected, "LayerNorm's parameter tree")
+    got = ln.init(jax.random.key(0), x)["params"]
+    checks.assert_close(got["scale"], expected["params"]["scale"], "LayerNorm's initial scale", rtol=0, atol=0)
+    checks.assert_close(got["bias"], expected["params"]["bias"], "LayerNorm's initial bias", rtol=0, atol=0)
+
+
+def test_layernorm_matches_flax(impl, x, ln_params):
+    """LayerNorm gives the same numbers as Flax's nn.LayerNorm with the same scale and bias"""
+    ln = _build(impl.LayerNorm)
+    require_tree(ln, (x,), ln_params, "LayerNorm")
+    inputs = 2.0 * x + 0.5  # a mean and a spread that normalising must remove
+    expected = nn.LayerNorm().apply(ln_params, inputs)
+    checks.assert_close(_layer_norm_out(ln, ln_params, inputs, "an input"), expected, "LayerNorm's output",
+                        **TOL, diagnose=_diagnose_layer_norm(inputs, ln_params["params"]))
+
+
+def test_layernorm_tiny_variance(impl, x, ln_params):
+    """LayerNorm is right for inputs of tiny variance, where epsilon counts: checked by hand in float64"""
+    ln = _build(impl.LayerNorm)
+    require_tree(ln, (x,), ln_params, "LayerNorm")
+    inputs = 1e-3 * x  # variance about 1e-6, as large as epsilon: its size and place now show
+    expected = layer_norm64(inputs, ln_params["params"])
+    checks.assert_close(_layer_norm_out(ln, ln_params, inputs, "an input"), expected,
+                        "LayerNorm's output for an input of variance about 1e-6", **TOL,
+                        diagnose=_diagnose_layer_norm(inputs, ln_params["params"]))
+
+
+def test_layernorm_epsilon_field(impl, x, ln_params):
+    """LayerNorm's epsilon defaults to 1e-6 and LayerNorm(epsilon=...) uses the value it is given"""
+    default = getattr(_build(impl.LayerNorm), "epsilon", None)
+    if default != 1e-6:
+        checks.fail(f"LayerNorm().epsilon should default to 1e-6 (nn.LayerNorm's default), but it is {default!r}."
+                    + (" Declare the field `epsilon: float = 1e-6`." if default is None else ""))
+    ln = _build(impl.LayerNorm, epsilon=0.5)
+    require_tree(ln, (x,), ln_params, "LayerNorm")
+    expected = nn.LayerNorm(epsilon=0.5).apply(ln_params, x)
+    ignored = checks.diagnose_from([
+        ("the epsilon field is ignored: use self.epsilon, not a number written into the formula.",
+         lambda: layer_norm64(x, ln_params["params"], epsilon=e)) for e in (1e-6, 1e-5)])
+    checks.assert_close(_layer_norm_out(ln, ln_params, x, "an input"), expected, "LayerNorm(epsilon=0.5)'s output",
+                        **TOL, diagnose=ignored)
+
+
+def test_layernorm_any_leading_shape(impl, x, ln_params):
+    """LayerNorm works on any leading shape, (C,), (T, C) or (2, B, T, C), and under jax.jit"""
+    ln = _build(impl.LayerNorm)
+    require_tree(ln, (x,), ln_params, "LayerNorm")
+    for inputs in (x[0, 0], x[0], np.stack([x, -x])):
+        expected = layer_norm64(inputs, ln_params["params"])
+        checks.assert_close(_layer_norm_out(ln, ln_params, inputs, "an input"), expected,
+                            f"LayerNorm's output for an input of shape {inputs.shape}", **TOL,
+                            diagnose=_diagnose_layer_norm(inputs, ln_params["params"]))
+    jitted = jax.jit(lambda v: ln.apply(ln_params, v))(x)
+    checks.assert_close(jitted, layer_norm64(x, ln_params["params"]), "LayerNorm's output under jax.jit", **TOL)
+
+
+# --- Block --------------------------------------------------------------------------------------------------
+
+
+def _ln_of(impl):
+    return lambda p, h: impl.LayerNorm().apply({"params": p}, h)
+
+
+def _own_part_mistakes(impl):
+    """When the block is right but a part is wrong, say which part: the block recomputed with that part."""
+    attention = lambda p, h: impl.other(5).EinsumMultiHeadAttention(H).apply({"params": p}, h)
+    ffwd = lambda p, h: impl.other(1).FeedForward(C).apply({"params": p}, h)
+    return [
+        ("your LayerNorm differs from nn.LayerNorm: the LayerNorm checks above say how.", dict(ln=_ln_of(impl))),
+        ("your EinsumMultiHeadAttention (task 5) differs from Flax's attention: make task 5's check pass first.",
+         dict(attention=attention)),
+        ("your FeedForward (task 1) is not Dense -> ReLU -> Dense: make task 1's check pass first.",
+         dict(ffwd=ffwd)),
+    ]
+
+
+def _diagnose_block(impl, p, x):
+    mistakes = _own_part_mistakes(impl) + og.block_mistakes(
+        "the Block should use your EinsumMultiHeadAttention, which always applies the mask.")
+    return checks.diagnose_from((why, lambda kw=kw: og.block(p, x, H, **kw)) for why, kw in mistakes)
+
+
+def _diagnose_model(impl, p, idx):
+    mistakes = _own_part_mistakes(impl) + og.model_mistakes(
+        "the Block should use your EinsumMultiHeadAttention, which always applies the mask.")
+    return checks.diagnose_from((why, lambda kw=kw: og.gpt(p, idx, H, **kw)) for why, kw in mistakes)
+
+
+def test_block_parameter_tree(impl, params, x):
+    """Block's parameters are task 1's: ln1, attn, ln2 and ffwd, with the same names and shapes"""
+    block = _build(impl.Block, n_embd=C, n_head=H)
+    checks.assert_tree(_tree_of(block, x), {"params": params["params"]["blocks_0"]}, "Block's parameter tree")
+
+
+def test_block_output(impl, params, x):
+    """Block computes x + attn(ln1(x)), then x + ffwd(ln2(x)): same numbers as Flax's layers with task 1's parameters"""
+    block = _build(impl.Block, n_embd=C, n_head=H)
+    p = params["params"]["blocks_0"]
+    require_tree(block, (x,), {"params": p}, "Block")
+    out = checks.without_dropout_rng(lambda: block.apply({"params": p}, x), "Block")
+    checks.assert_close(out, og.block(p, x, H), "Block's output", **TOL, diagnose=_diagnose_block(impl, p, x))
+
+
+def test_block_is_causal(impl, x):
+    """Block's output at position t does not depend on inputs after t"""
+    block = _build(impl.Block, n_embd=C, n_head=H)
+    p = _own_params(block, x)
+    before = np.asarray(block.apply(p, x))
+    position = T // 2
+    changed = x.copy()
+    changed[:, position + 1:] = 3.0
+    after = np.asarray(block.apply(p, changed))
+    change = np.abs(before[:, :position + 1] - after[:, :position + 1]).max()
+    if change > 1e-5:
+        checks.fail(f"Block's output at positions 0..{position} changed by {change:.3g} when only the inputs after "
+                    f"position {position} changed: attention sees the future. The Block should use your "
+                    "EinsumMultiHeadAttention (task 5), which is causal.")
+
+
+def test_block_dropout(impl, x):
+    """Block's dropout is off with deterministic=True and reaches every layer with deterministic=False"""
+    block = _build(impl.Block, n_embd=C, n_head=H, dropout_rate=0.5)
+    p = _own_params(block, x)
+    quiet = checks.without_dropout_rng(lambda: block.apply(p, x, deterministic=True), "Block")
+    checks.assert_close(quiet, _build(impl.Block, n_embd=C, n_head=H).apply(p, x),
+                        "Block's output with dropout_rate=0.5 and deterministic=True", rtol=1e-6, atol=1e-6)
+    training = lambda key: block.apply(p, x, deterministic=False, rngs={"dropout": key})
+    ignored = [path for path, deterministic in og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
+               if deterministic]
+    if ignored:
+        checks.fail(f"Block was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
+                    "deterministic=True, so dropout stays off there in training: pass `deterministic` on to the "
+                    "attention, the FeedForward and every nn.Dropout.")
+    if np.allclose(training(jax.random.key(3)), quiet):
+        checks.fail("with deterministic=False and dropout_rate=0.5 Block's output did not change: is dropout "
+                    "applied, and does every layer receive `deterministic`?")
+
+
+# --- MiniGPT ------------------------------------------------------------------------------------------------
+
+
+def test_model_parameter_tree(impl, params, idx):
+    """MiniGPT's own init has task 1's parameter tree, so task 1's trained weights load into it"""
+    model = _build(impl.MiniGPT, **FIELDS)
+    checks.assert_tree(_tree_of(model, idx), params, "MiniGPT's parameter tree")
+
+
+def test_logits_match_task1_model(impl, params, idx):
+    """MiniGPT, given a task-1 model's parameters, gives the same logits as that model built from Flax's layers"""
+    model = _build(impl.MiniGPT, **FIELDS)
+    require_tree(model, (idx,), params, "MiniGPT")
+    logits = checks.without_dropout_rng(lambda: model.apply(params, idx), "MiniGPT")
+    checks.assert_shape(logits, (B, T, V), "MiniGPT's logits")
+    checks.assert_dtype(logits, np.float32, "MiniGPT's logits")
+    checks.assert_close(logits, og.OracleGPT(**FIELDS).apply(params, idx), "MiniGPT's logits", **TOL,
+                        diagnose=_diagnose_model(impl, params["params"], idx))
+
+
+def test_causal(impl, idx):
+    """The logits at position t do not depend on tokens after t"""
+    model = _build(impl.MiniGPT, **FIELDS)
+    p = _own_params(model, idx)
+    before = np.asarray(model.apply(p, idx))
+    for position in (0, T // 2):
+        changed = idx.copy()
+        changed[:, position + 1:] = (changed[:, position + 1:] + 1) % V
+        change = np.abs(before[:, :position + 1] - np.asarray(model.apply(p, changed))[:, :position + 1]).max()
+        if change > 1e-5:
+            checks.fail(f"MiniGPT's logits at positions 0..{position} changed by {change:.3g} when only tokens "
+                        f"after position {position} changed: the model sees the future. Each Block should use "
+                        "your EinsumMultiHeadAttention, which is causal.")
+
+
+def test_shorter_sequences_under_jit(impl, params, idx):
+    """Works under jax.jit, for T shorter than block_size"""
+    model = _build(impl.MiniGPT, **FIELDS)
+    require_tree(model, (idx,), params, "MiniGPT")
+    expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))
+    t = 5
+    try:
+        logits = jax.jit(lambda p, i: model.apply(p, i))(params, idx[:, :t])
+    except Exception as err:
+        checks.fail(f"MiniGPT fails on a batch of T={t} tokens, shorter than block_size={BLOCK_SIZE} "
+                    f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Is T taken from "
+                    "idx.shape, and are the positions jnp.arange(T) rather than the whole block_size?")
+    checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
+    # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
+    checks.assert_close(logits, expected[:, :t], f"MiniGPT's logits for T={t} under jax.jit", **TOL,
+                        diagnose=_diagnose_model(impl, params["params"], idx[:, :t]))
+
+
+def test_dropout(impl, idx):
+    """Dropout is off with deterministic=True; with deterministic=False it is on everywhere, drawn from the 'dropout' RNG"""
+    model = _build(impl.MiniGPT, **FIELDS, dropout_rate=0.5)
+    p = _own_params(model, idx)
+    quiet = checks.without_dropout_rng(lambda: model.apply(p, idx), "MiniGPT")
+    checks.assert_close(quiet, _build(impl.MiniGPT, **FIELDS).apply(p, idx),
+                        "the logits with dropout_rate=0.5 and the default deterministic", rtol=1e-6, atol=1e-6)
+    training = jax.jit(lambda key: model.apply(p, idx, deterministic=False, rngs={"dropout": key}))
+    ignored = [path for path, deterministic in og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
+               if deterministic]
+    if ignored:
+        checks.fail(f"MiniGPT was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
+                    "deterministic=True, so dropout stays off there in training: pass `deterministic` on to every "
+                    "Block and from there to every layer.")
+    noisy, again, other = (np.asarray(training(jax.random.key(k))) for k in (3, 3, 4))
+    if np.allclose(noisy, quiet):
+        checks.fail("with deterministic=False and dropout_rate=0.5 the logits did not change: is dropout applied, "
+                    "and does it receive `deterministic`?")
+    checks.assert_close(again, noisy, "the logits for the same dropout key", rtol=0, atol=0)
+    if np.allclose(noisy, other):
+        checks.fail("two different dropout keys gave the same logits: dropout must draw from the 'dropout' RNG "
+                    "stream that apply(..., rngs={'dropout': key}) provides.")
