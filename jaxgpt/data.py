@@ -59,13 +59,13 @@ def load_text(path: str | os.PathLike | None = None, *, cache_dir: str | os.Path
     if env_path:
         return _read_text_file(Path(env_path).expanduser(), f"the {ENV_VAR} environment variable")
 
-    cache_file = Path(cache_dir).expanduser() / "input.txt" if cache_dir is not None else DEFAULT_CACHE_DIR / "input.txt"
+    cache_file = (Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR) / "input.txt"
     reasons: list[str] = []
     cached = _read_cache(cache_file, reasons)
     if cached is not None:
         return cached
     if not download:
-        reasons.append("downloading was switched off (download=False)")
+        reasons.append("download=False was given, so nothing was fetched")
         raise DataUnavailable(_ways_out(cache_file, reasons))
 
     text = _load_with_tfds(reasons)
@@ -82,7 +82,10 @@ def _read_text_file(path: Path, named_by: str) -> str:
         raise DataError(f"There is no file at {path} (named by {named_by}); check the path.")
     if path.is_dir():
         raise DataError(f"{path} (named by {named_by}) is a folder; name the text file inside it.")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path} (named by {named_by}) could not be read: {err.strerror or err}.") from None
     if not raw:
         raise DataError(f"{path} (named by {named_by}) is empty; a model needs some text to learn from.")
     try:

@@ -17,13 +17,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.training import train_state
 
 
 def sample(model, params, prompt_ids, key, max_new_tokens: int, *, temperature: float = 1.0,
            top_k: int | None = None, block_size: int | None = None) -> np.ndarray:
     """prompt + max_new_tokens sampled tokens, as a 1-D numpy int array.
 
-    params: the variables from model.init ({'params': ...}) or the bare parameter tree (state.params).
+    params: the variables from model.init ({'params': ...}), the bare parameter tree (state.params), or a
+    TrainState.
     prompt_ids: at least one token id (list, numpy or JAX array, 1-D).
     temperature: divides the logits; below 1 sharper, above 1 flatter, 0 always picks the likeliest token.
     top_k: if given, sample only among the k likeliest tokens.
@@ -31,6 +33,12 @@ def sample(model, params, prompt_ids, key, max_new_tokens: int, *, temperature: 
     default `model.block_size`, or no cropping for a model without one (the bigram model).
     The same key gives the same tokens.
     """
+    if isinstance(prompt_ids, str):
+        raise TypeError("sample takes token ids, not text; encode the prompt first: tokenizer.encode(prompt).")
+    if isinstance(key, int):
+        raise TypeError(f"key must be a JAX random key such as jax.random.key({key}), not the int {key}.")
+    if isinstance(params, train_state.TrainState):
+        params = params.params
     prompt = np.asarray(prompt_ids)
     if prompt.ndim == 2 and prompt.shape[0] == 1:
         prompt = prompt[0]

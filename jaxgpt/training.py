@@ -15,6 +15,7 @@ MiniGPT by default, task 6's hand-built one with task=6. Everything else is the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -52,6 +53,9 @@ class History:
     tokens_per_second: float = 0.0  # training tokens per second over train_seconds
     interrupted: bool = False
     checkpoint: str | None = None
+    # The trained model, to sample from at once; not written to history.json.
+    params: Any = dataclasses.field(default=None, repr=False, compare=False)
+    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def final_eval_loss(self) -> float | None:
@@ -62,7 +66,7 @@ class History:
         return self.train_losses[-1] if self.train_losses else None
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "tokenizer")}
         d["final_train_loss"] = self.final_train_loss
         d["final_eval_loss"] = self.final_eval_loss
         return d
@@ -122,7 +126,8 @@ def init_params(model, config: Config, key, task: int = 1):
 
     dummy = jnp.zeros((1, config.model.block_size), jnp.int32)
     try:
-        variables = model.init(key, dummy, deterministic=True)
+        # Jitted: run eagerly, the first init compiles every operation on its own, which is slower.
+        variables = jax.jit(functools.partial(model.init, deterministic=True))(key, dummy)
     except Exception as err:  # the learner's code: a stub or a bug
         raise TrainingError(explain_model_error(err, task)) from None
     params = variables["params"]
@@ -292,7 +297,8 @@ def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str |
     evaluate = make_evaluate(model, config)
     train_data, eval_data = jax.device_put(train_ids), jax.device_put(eval_ids)
 
-    history = History(config=config.to_dict(), impl=impl_label, task=int(task), n_params=count_params(params))
+    history = History(config=config.to_dict(), impl=impl_label, task=int(task), n_params=count_params(params),
+                      params=params, tokenizer=tokenizer)
     out = Path(out_dir) if out_dir is not None else None
     say = log or tqdm.write
     tokens_per_step = train_cfg.batch_size * T
@@ -330,6 +336,7 @@ def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str |
             try:
                 params, opt_state, losses = train_steps(params, opt_state, train_data, train_key, step)
                 losses = np.asarray(losses)  # waits for the computation
+                history.params = params
             except Exception as err:
                 raise TrainingError(explain_model_error(err, task)) from None
             seconds = time.perf_counter() - call_started

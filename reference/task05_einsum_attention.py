@@ -29,9 +29,9 @@ class EinsumMultiHeadAttention(nn.Module):
 
         q, k, v = projection("query"), projection("key"), projection("value")
         wei = jnp.einsum("bthd,bshd->bhts", q, k) * D**-0.5  # (B, H, T, T)
-        tril = jnp.tril(jnp.ones((T, T), dtype=bool))
+        tril = jnp.tril(jnp.ones((T, T), dtype=bool))  # (T, T): broadcast over B and H
         wei = jnp.where(tril, wei, -jnp.inf)
-        wei = nn.softmax(wei, axis=-1)
+        wei = nn.softmax(wei, axis=-1)  # over s, the keys
         wei = nn.Dropout(self.dropout_rate)(wei, deterministic=deterministic)
         out = jnp.einsum("bhts,bshd->bthd", wei, v)  # (B, T, H, D)
         return nn.DenseGeneral(C, axis=(-2, -1), name="out")(out)  # (B, T, C)

@@ -147,7 +147,7 @@ def test_offline_and_uncached_names_the_three_ways_out(tmp_path, monkeypatch, er
 
 def test_download_false_never_touches_the_network(tmp_path):
     """download=False with no cache raises DataUnavailable without a request."""
-    with pytest.raises(DataUnavailable, match="download=False"):
+    with pytest.raises(DataUnavailable, match="download=False was given"):
         load_text(cache_dir=tmp_path / "cache", download=False)
     assert data.urlopen.requests == []
 
@@ -176,6 +176,16 @@ def test_tfds_splits_are_joined_train_validation_test(tmp_path, monkeypatch):
     assert calls == [("tiny_shakespeare", ("train", "validation", "test"))]
     assert (tmp_path / "cache" / "input.txt").read_text() == CORPUS
     assert data.urlopen.requests == [], "tfds succeeded, so nothing should be downloaded"
+
+
+def test_tfds_text_with_wrong_hash_is_not_used(tmp_path, monkeypatch):
+    """A tfds text that does not match the published SHA-256 is not returned: the download is tried instead."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        fake_tfds({"train": "tampered", "validation": "", "test": ""}, []))
+    with pytest.raises(DataUnavailable, match="does not match the published SHA-256"):
+        load_text(cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(data, "urlopen", FakeNetwork(payload=CORPUS.encode()))
+    assert load_text(cache_dir=tmp_path / "cache") == CORPUS
 
 
 def test_tfds_failure_falls_back_to_download(tmp_path, monkeypatch):
@@ -252,12 +262,14 @@ def test_split_fraction_must_be_inside_zero_one(fraction):
 # get_batch
 
 DATA = jnp.arange(100, 200, dtype=jnp.int32)  # token i sits at index i - 100: easy to read back
+# Most checks run compiled, and with few shapes, since each new shape is a new compilation.
+get_batch_jit = jax.jit(get_batch, static_argnames=("batch_size", "block_size"))
 
 
 def test_get_batch_shapes_dtype_and_shift():
     """x and y are int32 (B, T); each x row is a contiguous window of data and y is x one token later."""
-    x, y = get_batch(jax.random.key(0), DATA, 6, 8)
-    assert x.shape == y.shape == (6, 8) and x.dtype == y.dtype == jnp.int32
+    x, y = get_batch_jit(jax.random.key(0), DATA, batch_size=4, block_size=8)
+    assert x.shape == y.shape == (4, 8) and x.dtype == y.dtype == jnp.int32
     x, y = np.asarray(x), np.asarray(y)
     np.testing.assert_array_equal(np.diff(x, axis=1), 1)  # contiguous windows of arange
     np.testing.assert_array_equal(y, x + 1)  # the next token at every position
@@ -267,33 +279,30 @@ def test_get_batch_shapes_dtype_and_shift():
 def test_get_batch_covers_every_start_and_no_other():
     """Starts are drawn from 0 .. len(data) - block_size - 1: the last target is the last token, never past."""
     small = jnp.arange(10, dtype=jnp.int32)
-    x, y = get_batch(jax.random.key(1), small, 512, 7)
+    x, y = get_batch_jit(jax.random.key(1), small, batch_size=64, block_size=7)
     assert set(np.asarray(x[:, 0]).tolist()) == {0, 1, 2}
     assert int(y.max()) == 9
-    x, y = get_batch(jax.random.key(2), small, 3, 9)  # exactly block_size + 1 tokens: one possible window
-    np.testing.assert_array_equal(x, np.tile(np.arange(9), (3, 1)))
-    np.testing.assert_array_equal(y, np.tile(np.arange(1, 10), (3, 1)))
+    x, y = get_batch_jit(jax.random.key(2), small, batch_size=4, block_size=9)  # one possible window
+    np.testing.assert_array_equal(x, np.tile(np.arange(9), (4, 1)))
+    np.testing.assert_array_equal(y, np.tile(np.arange(1, 10), (4, 1)))
 
 
 def test_get_batch_is_deterministic_for_a_key():
     """The same key gives the same batch; another key another batch."""
-    a = get_batch(jax.random.key(7), DATA, 4, 8)
-    b = get_batch(jax.random.key(7), DATA, 4, 8)
-    c = get_batch(jax.random.key(8), DATA, 4, 8)
+    a = get_batch_jit(jax.random.key(7), DATA, batch_size=4, block_size=8)
+    b = get_batch_jit(jax.random.key(7), DATA, batch_size=4, block_size=8)
+    c = get_batch_jit(jax.random.key(8), DATA, batch_size=4, block_size=8)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(a[0], c[0])
 
 
-def test_get_batch_jits_with_static_sizes():
-    """jax.jit(get_batch, static_argnames=('batch_size', 'block_size')) gives the eager result; old keys too."""
-    jitted = jax.jit(get_batch, static_argnames=("batch_size", "block_size"))
+def test_get_batch_eager_equals_jitted():
+    """Called without jit, get_batch gives the compiled result, with new-style and old-style (uint32) keys."""
     for key in (jax.random.key(3), jax.random.PRNGKey(3)):
         eager = get_batch(key, DATA, 4, 8)
-        compiled = jitted(key, DATA, batch_size=4, block_size=8)
+        compiled = get_batch_jit(key, DATA, 4, 8)  # static arguments may be passed by position too
         np.testing.assert_array_equal(eager[0], compiled[0])
         np.testing.assert_array_equal(eager[1], compiled[1])
-    positional = jitted(jax.random.key(3), DATA, 4, 8)
-    np.testing.assert_array_equal(positional[0], get_batch(jax.random.key(3), DATA, 4, 8)[0])
 
 
 def test_get_batch_jit_without_static_sizes_explains_shapes():
@@ -308,9 +317,8 @@ def test_get_batch_too_short_data():
     """Data shorter than block_size + 1 is refused with a sentence giving both numbers."""
     with pytest.raises(ValueError, match=r"holds 8 tokens.*block_size \+ 1 = 9"):
         get_batch(jax.random.key(0), jnp.arange(8), 2, 8)
-    jitted = jax.jit(get_batch, static_argnames=("batch_size", "block_size"))
     with pytest.raises(ValueError, match="holds 8 tokens"):
-        jitted(jax.random.key(0), jnp.arange(8), batch_size=2, block_size=8)
+        get_batch_jit(jax.random.key(0), jnp.arange(8), batch_size=2, block_size=8)
 
 
 @pytest.mark.parametrize("batch_size, block_size, error, text", [

@@ -6,7 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax.training import train_state
 
 import oracles_gpt
 from jaxgpt.sampling import sample
@@ -96,23 +98,26 @@ def test_context_is_cropped_to_block_size():
 
 def test_same_tokens_as_a_plain_loop_on_a_real_gpt():
     """Greedy sampling from a small GPT equals the plain loop: crop to block_size, run, take the argmax."""
-    model = oracles_gpt.OracleGPT(vocab_size=11, block_size=3, n_embd=8, n_head=2, n_layer=1)
+    model = oracles_gpt.OracleGPT(vocab_size=11, block_size=2, n_embd=8, n_head=2, n_layer=1)
     # Random parameters of the right shapes (eval_shape only traces: no initialiser gets compiled), biases
     # zero so that the argmax follows the context instead of lm_head's bias.
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
-    rng = np.random.default_rng(3)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+    rng = np.random.default_rng(4)
     params = jax.tree_util.tree_map_with_path(
         lambda path, s: jnp.asarray(rng.normal(size=s.shape) * (path[-1].key != "bias"), s.dtype), shapes)
     apply = jax.jit(model.apply)
     idx = [1]
     for _ in range(8):
-        logits = apply(params, jnp.array([idx[-3:]]))  # (1, T, vocab_size), T = min(len(idx), block_size)
+        logits = apply(params, jnp.array([idx[-2:]]))  # (1, T, vocab_size), T = min(len(idx), block_size)
         idx.append(int(jnp.argmax(logits[0, -1])))
     assert len(set(idx)) > 3, f"the toy GPT should not repeat one token: {idx}"
     out = sample(model, params, [1], jax.random.key(0), 8, temperature=0.0)
     assert out.tolist() == idx
     out = sample(model, params["params"], [1], jax.random.key(0), 8, temperature=0.0)
     assert out.tolist() == idx, "the bare parameter tree (state.params) should work too"
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params["params"], tx=optax.sgd(0.1))
+    out = sample(model, state, [1], jax.random.key(0), 8, temperature=0.0)
+    assert out.tolist() == idx, "a TrainState should work too"
 
 
 N = 2000  # samples per distribution check; one buffer length for all of them, so one compilation per top_k
@@ -166,6 +171,8 @@ def test_compiles_once_per_shape():
     (dict(prompt_ids=[]), ValueError, "The prompt is empty"),
     (dict(prompt_ids=[[1, 2], [3, 4]]), ValueError, "1-D sequence"),
     (dict(prompt_ids=[0.5]), TypeError, "integer token ids"),
+    (dict(prompt_ids="hello"), TypeError, "encode the prompt first"),
+    (dict(key=0), TypeError, r"jax.random.key\(0\)"),
     (dict(temperature=-1.0), ValueError, "temperature must be 0 or more"),
     (dict(top_k=0), ValueError, "top_k must be a positive int"),
     (dict(max_new_tokens=-3), ValueError, "max_new_tokens must be 0 or more"),
@@ -173,9 +180,9 @@ def test_compiles_once_per_shape():
 ])
 def test_bad_arguments_get_a_sentence(kwargs, error, text):
     """Bad prompts, temperatures, top_k, lengths and block sizes are refused before anything compiles."""
-    args = dict(prompt_ids=[1], max_new_tokens=3) | kwargs
+    args = dict(prompt_ids=[1], key=jax.random.key(0), max_new_tokens=3) | kwargs
     with pytest.raises(error, match=text):
-        sample(PlusOne(), NO_PARAMS, args.pop("prompt_ids"), jax.random.key(0), args.pop("max_new_tokens"), **args)
+        sample(PlusOne(), NO_PARAMS, args.pop("prompt_ids"), args.pop("key"), args.pop("max_new_tokens"), **args)
 
 
 def test_wrong_logits_shape_is_explained():

@@ -247,7 +247,7 @@ def test_dropout_off_when_deterministic(impl, idx):
 
 
 def test_dropout_in_training(impl, idx):
-    """With deterministic=False dropout is on in every layer, drawn from the 'dropout' RNG: the same key repeats, another differs"""
+    """With deterministic=False dropout runs in every layer, drawn from the 'dropout' RNG (same key, same logits)"""
     model = _build(impl.MiniGPT, **FIELDS, dropout_rate=0.5)
     params = _own_params(model, idx)
     training = jax.jit(lambda p, i, key: model.apply(p, i, deterministic=False, rngs={"dropout": key}))

@@ -50,11 +50,13 @@ def _run(call):
         where = outcomes.learner_frame(err)
         if where is None or not any(word in where.lower() for word in ("mask", "tril", "where", "inf")):
             raise  # a broadcasting error elsewhere: the learner's own traceback says it best
-        checks.fail(
+        message = (
             f"your code raised {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}\n    at {where}\n"
             "  Likely cause: the scores hold every head at once, shape (B, H, T, S), and a "
             "mask must broadcast against that: a (T, T) tril serves every head, a mask with a batch axis "
             "needs a head axis too, e.g. (B, 1, T, T) as nn.make_causal_mask gives.")
+    # Failing outside the except block keeps JAX's long traceback out of the report (and its formatting time).
+    checks.fail(message)
 
 
 def _flax_tree(x):
@@ -86,9 +88,11 @@ def _tree_hint(params) -> str | None:
 def _assert_tree(params, x, what="the parameter tree"):
     try:
         checks.assert_tree(params, _flax_tree(x), what)
+        return
     except checks.CheckFailed as err:
-        hint = _tree_hint(params)
-        checks.fail(str(err) + (f"\n  Likely cause: {hint}" if hint else ""))
+        message = str(err)
+    hint = _tree_hint(params)
+    checks.fail(message + (f"\n  Likely cause: {hint}" if hint else ""))
 
 
 def _f64(a):
@@ -255,6 +259,12 @@ def test_matches_hand_computation(impl, x):
                       "EinsumMultiHeadAttention's output")
 
 
+_GPT_HINT = ("your attention differs from Flax's layer inside the GPT. If the check against "
+             "nn.MultiHeadDotProductAttention fails, it says how; if it passes, look at the fields and the call: "
+             "the GPT builds EinsumMultiHeadAttention(num_heads, dropout_rate, name=...) and calls it as "
+             "attn(x, deterministic).")
+
+
 def test_drops_into_the_gpt(impl, x):
     """In place of Flax's layer in a GPT with the same parameters, it gives the same logits"""
     _assert_tree(_init(impl, x)[1], x)  # else the GPT's parameters cannot fit it
@@ -265,8 +275,7 @@ def test_drops_into_the_gpt(impl, x):
     yours = oracles_gpt.OracleGPT(**config, attention=oracles_gpt.module_attention(impl.EinsumMultiHeadAttention))
     checks.assert_close(_apply(yours, params, idx), flax_gpt.apply(params, idx),
                         "the GPT's logits with your attention", rtol=1e-4, atol=1e-4,
-                        diagnose=lambda got: "your attention differs from Flax's layer: the check against "
-                                             "nn.MultiHeadDotProductAttention says how.")
+                        diagnose=lambda got: _GPT_HINT)
 
 
 def test_causal(impl, x):

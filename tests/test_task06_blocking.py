@@ -1,0 +1,40 @@
+"""Task 6 builds on tasks 1 and 5: with a finished task 6 and the untouched stub of task 5 (or of task 1), the
+verdict must say "blocked: finish task N first", not "failed" or "not started".
+
+Graded in a subprocess, as tests/test_catalogue.py does, so that the task suite runs as it does for a learner
+and not inside this pytest session.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jaxgpt import catalog
+
+GRADE = """
+import json, sys
+from jaxgpt.grading import run_suite
+verdict = run_suite(6, sys.argv[1])
+print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
+                  "checks": [c.status for c in verdict.checks]}))
+"""
+
+
+@pytest.mark.parametrize("unfinished, finished", [(5, 1), (1, 5)], ids=["task5_stub", "task1_stub"])
+def test_unfinished_earlier_task_blocks_task_6(tmp_path, unfinished, finished):
+    stems = {n: catalog.get_task(n).stem for n in (1, 5, 6)}
+    shutil.copy(catalog.REFERENCE_DIR / f"{stems[6]}.py", tmp_path / f"{stems[6]}.py")
+    shutil.copy(catalog.REFERENCE_DIR / f"{stems[finished]}.py", tmp_path / f"{stems[finished]}.py")
+    shutil.copy(catalog.TASKS_DIR / f"{stems[unfinished]}.py", tmp_path / f"{stems[unfinished]}.py")
+    done = subprocess.run([sys.executable, "-c", GRADE, str(tmp_path)], capture_output=True, text=True,
+                          cwd=catalog.REPO_ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict = json.loads(done.stdout.strip().splitlines()[-1])
+    assert verdict["status"] == "blocked", verdict["text"]
+    # The LayerNorm checks need neither earlier task and pass; every check of Block and MiniGPT is blocked.
+    assert set(verdict["checks"]) == {"passed", "blocked"}, verdict["text"]
+    assert f"builds on task {unfinished}" in verdict["text"], verdict["text"]
+    assert f"task {unfinished}" in verdict["text"].splitlines()[0], verdict["text"]
