@@ -54,10 +54,9 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - started
 
     # A sample from the trained model, as `jaxgpt sample` would print it.
-    from jaxgpt.tokenizer import CharTokenizer
-
-    tokenizer = CharTokenizer.from_text(text)
-    model = training.build_model(training.model_class(args.impl, 1), config.with_vocab_size(tokenizer.vocab_size))
+    tokenizer = history.tokenizer
+    model = training.build_model(training.model_class(args.impl, 1), 
+                                 config.with_vocab_size(tokenizer.vocab_size))
     ids = sampling.sample(model, history.params, tokenizer.encode("\n"), jax.random.PRNGKey(0), 300)
     sample_text = tokenizer.decode(ids[1:])
 

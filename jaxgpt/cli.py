@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="a directory written by `jaxgpt train`")
-    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--prompt", default=None, help="the text to continue (default: a newline)")
     p.add_argument("--tokens", type=int, default=500, help="how many new characters to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="below 1 safer, above 1 wilder, 0 greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest characters")
@@ -200,8 +200,8 @@ def cmd_train(args) -> int:
     if history.interrupted:
         return EXIT_INTERRUPTED
     minutes, seconds = divmod(round(history.wall_seconds), 60)
-    print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in {minutes}m{seconds:02d}s "
-          f"({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
+    print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
+          f"{minutes}m{seconds:02d}s ({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
           f"`jaxgpt sample --checkpoint {out}`.")
     return EXIT_OK
 
@@ -221,6 +221,8 @@ def cmd_sample(args) -> int:
         params, config, tokenizer, meta = checkpoint.load(args.checkpoint)
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
+    if args.prompt is None:  # a newline, as in the video; a text without any starts from its first character
+        args.prompt = "\n" if "\n" in getattr(tokenizer, "stoi", {"\n": 0}) else tokenizer.decode([0])
     if not args.prompt:
         raise UserError("The prompt is empty; give at least one character (the default is a newline).",
                         EXIT_USAGE)
@@ -242,7 +244,8 @@ def cmd_sample(args) -> int:
         raise UserError(f"The checkpoint's model cannot be rebuilt: {err}{hint}") from None
     try:
         ids = sampling.sample(model, params, prompt_ids, jax.random.PRNGKey(args.seed), args.tokens,
-                              temperature=args.temperature, top_k=args.top_k, block_size=config.model.block_size)
+                              temperature=args.temperature, top_k=args.top_k,
+                              block_size=config.model.block_size)
     except Exception as err:  # the learner's model
         raise UserError("Sampling failed: " + training.explain_model_error(err, task)) from None
     print(tokenizer.decode(ids))

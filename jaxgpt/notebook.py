@@ -134,18 +134,6 @@ def _display(path: Path | None) -> str:
         return str(path)
 
 
-def required_files(solutions: bool = False) -> list[Path]:
-    """Every file the build reads (pictures aside, which are found while reading the markdown)."""
-    code_dir = catalog.REFERENCE_DIR if solutions else catalog.TASKS_DIR
-    files = [INTRO, WARMUP]
-    for task in catalog.TASKS:
-        if task.number in PART_BEFORE_TASK:
-            files.append(catalog.LESSONS_DIR / PART_BEFORE_TASK[task.number])
-        files += [task.lesson_file, code_dir / f"{task.stem}.py"]
-    files.append(FINALE)
-    return files
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Building
 
@@ -387,10 +375,11 @@ def differences(built, committed) -> list[str]:
     return found
 
 
-def check_fresh(path: Path = NOTEBOOK_PATH) -> list[str]:
-    """The reasons `path` is stale (empty when it matches the sources)."""
+def check_fresh(path: Path | None = None) -> list[str]:
+    """The reasons `path` (default challenge.ipynb) is stale; empty when it matches the sources."""
     import nbformat
 
+    path = NOTEBOOK_PATH if path is None else path
     if not path.is_file():
         return [f"{_display(path)} does not exist"]
     committed = nbformat.read(path, as_version=4)

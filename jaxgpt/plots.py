@@ -91,7 +91,7 @@ def plot_attention(weights: Any, tokens: Sequence[Any] | None = None, ax=None, t
         raise ValueError(f"weights should be one (T, T) matrix, but it has shape {wei.shape}: pick one batch "
                          "row and one head, e.g. weights[0, head].")
     T = wei.shape[0]
-    ax = _new_axes(ax, (max(4, 0.3 * T + 2), max(3.5, 0.3 * T + 1.5)))
+    ax = _new_axes(ax, (min(9.0, max(4.0, 0.2 * T + 2.5)), min(8.0, max(3.5, 0.2 * T + 1.8))))
     image = ax.imshow(wei, cmap="viridis", vmin=0.0, vmax=max(1e-9, float(np.nanmax(wei))))
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if tokens is not None:

@@ -66,7 +66,8 @@ class History:
         return self.train_losses[-1] if self.train_losses else None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "tokenizer")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("params", "tokenizer")}
         d["final_train_loss"] = self.final_train_loss
         d["final_eval_loss"] = self.final_eval_loss
         return d
@@ -131,11 +132,10 @@ def init_params(model, config: Config, key, task: int = 1):
     except Exception as err:  # the learner's code: a stub or a bug
         raise TrainingError(explain_model_error(err, task)) from None
     params = variables["params"]
-    problem = tree_mismatch(jax.tree_util.tree_map(np.asarray, _plain_dict(params)),
-                            expected_param_shapes(config.model))
+    problem = tree_mismatch(_plain_dict(params), expected_param_shapes(config.model))
     if problem:
-        raise TrainingError(f"The MiniGPT of task {task} does not have the lesson's parameter tree ({problem}); "
-                            f"run `jaxgpt check {task}` to see what differs.")
+        raise TrainingError(f"The MiniGPT of task {task} does not have the lesson's parameter tree "
+                            f"({problem}); run `jaxgpt check {task}` to see what differs.")
     return params
 
 
@@ -350,7 +350,8 @@ def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str |
             step += k
             history.batch_losses.extend(float(v) for v in losses)
             if not np.all(np.isfinite(losses)):
-                raise TrainingError(f"The training loss became {losses[~np.isfinite(losses)][0]} by step {step}: "
+                bad = losses[~np.isfinite(losses)][0]
+                raise TrainingError(f"The training loss became {bad} by step {step}: "
                                     f"lower the learning rate, or look for a log of 0 or a division by 0.")
             bar.update(k)
             postfix = {"loss": f"{losses.mean():.4f}"}

@@ -18,15 +18,16 @@ def _sample_next(logits, key, temperature, top_k):
 def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=None):
     """Extends idx by max_new_tokens sampled tokens: returns int (B, T + max_new_tokens), idx first.
 
-    Each step crops the context to its last model.block_size tokens, calls
-    model.apply(params, idx_cond, deterministic=True), takes the last position's logits, divides them by
-    temperature, keeps only the top_k largest (if top_k is given) and samples with
+    params is the model's parameter tree, model.init(...)['params'] (what state.params holds; {} for a
+    model without parameters). Each step crops the context to its last model.block_size tokens, calls
+    model.apply({'params': params}, idx_cond, deterministic=True), takes the last position's logits,
+    divides them by temperature, keeps only the top_k largest (if top_k is given) and samples with
     jax.random.categorical. The key is split as `key, subkey = jax.random.split(key)` before each step's
     sample, which uses subkey, so a key always gives the same tokens.
     """
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -model.block_size:]  # (B, min(T, block_size))
-        logits = model.apply(params, idx_cond, deterministic=True)  # (B, T_cond, V)
+        logits = model.apply({"params": params}, idx_cond, deterministic=True)  # (B, T_cond, V)
         key, subkey = jax.random.split(key)
         idx_next = _sample_next(logits[:, -1, :], subkey, temperature, top_k)  # (B,)
         idx = jnp.concatenate([idx, idx_next[:, None].astype(idx.dtype)], axis=1)  # (B, T + 1)
@@ -52,7 +53,7 @@ def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k
         length = T + i  # tokens written so far
         start = jnp.maximum(length - window, 0)
         idx_cond = jax.lax.dynamic_slice(buffer, (0, start), (B, window))  # (B, W)
-        logits = model.apply(params, idx_cond, deterministic=True)  # (B, W, V)
+        logits = model.apply({"params": params}, idx_cond, deterministic=True)  # (B, W, V)
         last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
         key, subkey = jax.random.split(key)
         idx_next = _sample_next(last, subkey, temperature, top_k)  # (B,)

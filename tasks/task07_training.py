@@ -1,8 +1,8 @@
 """Task 7: the loss, a jitted training step and evaluation.
 
 Write the five functions below: the loss, the train state, one jitted step, an evaluation loop and the
-training loop. They work for any Flax model called as model.apply(params, idx, deterministic=...) that
-returns logits (B, T, vocab_size): your MiniGPT, or the warm-up's bigram model.
+training loop. They work for any Flax model called as model.apply({'params': params}, idx,
+deterministic=...) that returns logits (B, T, vocab_size): your MiniGPT, or the warm-up's bigram model.
 Check them with `jaxgpt check 7` (or the check cell in the notebook).
 """
 
@@ -30,11 +30,13 @@ def cross_entropy(logits, targets):
 def create_train_state(model, key, example_idx, learning_rate, weight_decay=0.01):
     """A flax TrainState holding the model's parameters and an AdamW optimiser.
 
-    params = model.init(key, example_idx) (the whole variables dict, {'params': ...});
+    params = model.init(key, example_idx)['params'] (the parameter tree inside the variables dict, as
+    Flax's TrainState expects; the model runs as state.apply_fn({'params': state.params}, x));
     apply_fn = model.apply; tx = optax.adamw(learning_rate, weight_decay=weight_decay).
     The default weight_decay is PyTorch's 0.01 (Optax's own default is 1e-4).
     """
-    # train_state.TrainState.create(apply_fn=..., params=..., tx=...)
+    # variables = model.init(key, example_idx)                              # {'params': {...}}
+    # train_state.TrainState.create(apply_fn=..., params=variables['params'], tx=...)
     raise NotImplementedError("Task 7: write create_train_state")
 
 
@@ -43,10 +45,10 @@ def train_step(state, x, y, dropout_key):
     """One jitted AdamW step on the batch (x, y), with dropout on: returns (new_state, loss).
 
     x, y: int (B, T). The loss is cross_entropy of
-    state.apply_fn(params, x, deterministic=False, rngs={'dropout': dropout_key}) against y, at the
-    parameters before the step.
+    state.apply_fn({'params': params}, x, deterministic=False, rngs={'dropout': dropout_key}) against y,
+    at the parameters before the step.
     """
-    # 1. def loss_fn(params): logits from state.apply_fn(params, ...) with dropout on     # (B, T, V)
+    # 1. def loss_fn(params): logits from state.apply_fn({'params': params}, ...), dropout on   # (B, T, V)
     #    -> cross_entropy(logits, y)
     # 2. loss, grads = jax.value_and_grad(loss_fn)(state.params)
     # 3. state = state.apply_gradients(grads=grads); return state, loss
@@ -61,7 +63,7 @@ def evaluate(state, data, key, eval_iters, batch_size, block_size):
     """
     # for each key in jax.random.split(key, eval_iters):
     #     x, y = get_batch(...)                                                             # (B, T) each
-    #     logits with deterministic=True (no dropout, no 'dropout' RNG)                     # (B, T, V)
+    #     logits of state.apply_fn({'params': state.params}, x, deterministic=True)         # (B, T, V)
     #     the batch's cross_entropy
     # return the mean of the eval_iters losses                                              # ()
     raise NotImplementedError("Task 7: write evaluate")

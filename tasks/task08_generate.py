@@ -13,14 +13,16 @@ import jax.numpy as jnp
 def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=None):
     """Extends idx by max_new_tokens sampled tokens: returns int (B, T + max_new_tokens), idx first.
 
-    Each step crops the context to its last model.block_size tokens, calls
-    model.apply(params, idx_cond, deterministic=True), takes the last position's logits, divides them by
-    temperature, keeps only the top_k largest (if top_k is given) and samples with
+    params is the model's parameter tree, model.init(...)['params'] (what state.params holds; {} for a
+    model without parameters). Each step crops the context to its last model.block_size tokens, calls
+    model.apply({'params': params}, idx_cond, deterministic=True), takes the last position's logits,
+    divides them by temperature, keeps only the top_k largest (if top_k is given) and samples with
     jax.random.categorical. The key is split as `key, subkey = jax.random.split(key)` before each step's
     sample, which uses subkey, so a key always gives the same tokens.
     """
     # for each of the max_new_tokens steps:
     #     idx_cond = the last model.block_size tokens of idx                   # (B, <= block_size)
+    #     logits = model.apply({'params': params}, idx_cond, deterministic=True)  # (B, T_cond, V)
     #     logits of the last position, divided by temperature                 # (B, V)
     #     top-k: logits below the k-th largest (jax.lax.top_k) -> -inf
     #     key, subkey = jax.random.split(key); sample with jax.random.categorical(subkey, logits)  # (B,)
@@ -42,7 +44,7 @@ def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k
     # def step(i, (buffer, key)):
     #     length = T + i; start = max(length - W, 0)
     #     window = jax.lax.dynamic_slice(buffer, (0, start), (B, W))           # (B, W)
-    #     logits at position length - 1 - start                               # (B, V)
+    #     logits of model.apply({'params': params}, window, ...) at position length - 1 - start  # (B, V)
     #     key, subkey = jax.random.split(key); sample as in generate           # (B,)
     #     write the token at column `length` (buffer.at[:, length].set(...))
     # buffer, _ = jax.lax.fori_loop(0, max_new_tokens, step, (buffer, key))

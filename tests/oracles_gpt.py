@@ -164,27 +164,33 @@ def model_mistakes(mask_advice: str = "") -> list[tuple[str, dict]]:
     ]
 
 
-def random_params(module: nn.Module, *args, seed: int = 0, **kwargs):
+def random_params(module: nn.Module, *args, seed: int = 0, scale: float = 0.2, **kwargs):
     """A parameter tree for `module.init(key, *args, **kwargs)`, filled from numpy rather than by the init
     (the tree's shapes are traced, nothing is compiled, so it is quick). LayerNorm scales are drawn around 1
     and biases around 0, not left at 1 and 0, so that a forgotten or misplaced scale or bias shows in the
     numbers."""
     import jax
+
+    return random_fill(jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs)), seed, scale)
+
+
+def random_fill(shapes, seed: int = 0, scale: float = 0.2):
+    """Numpy values for a tree of shapes (what `jax.eval_shape` of an init returns), as `random_params`."""
+    import jax
     import numpy as np
 
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
         name = str(getattr(path[-1], "key", path[-1]))
         noise = rng.standard_normal(leaf.shape)
         if name == "scale":
-            value = 1.0 + 0.2 * noise
+            value = 1.0 + scale * noise
         elif name == "bias":
-            value = 0.2 * noise
-        elif name == "kernel":  # variance 1 / fan-in; an attention output kernel (H, D, C) takes H * D in
-            fan_in = leaf.shape[0] * (leaf.shape[1] if str(getattr(path[-2], "key", "")) == "out" else 1)
-            value = noise / np.sqrt(fan_in)
+            value = scale * noise
+        elif name == "kernel" and leaf.ndim >= 2:  # variance 1 / fan-in; an attention output kernel (H, D, C)
+            is_out = len(path) > 1 and str(getattr(path[-2], "key", "")) == "out"  # takes H * D inputs
+            value = noise / np.sqrt(leaf.shape[0] * (leaf.shape[1] if is_out else 1))
         else:
             value = noise
         return np.asarray(value, leaf.dtype)

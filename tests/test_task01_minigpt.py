@@ -6,11 +6,13 @@ causality, shapes, jit and dropout properties. A failure names its likely cause 
 wrong variants (post-norm, a missing residual, no causal mask, GELU, ...) from the same parameters.
 """
 
+import inspect
+
 import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt import checks, outcomes
 import oracles_gpt as og
 
 TASK = 1
@@ -38,11 +40,31 @@ def x():
 
 
 def _build(cls, **fields):
+    """The learner's module with the lesson's fields, and a sentence if its fields or call differ."""
     try:
-        return cls(**fields)
+        module = cls(**fields)
     except TypeError as err:
         checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
                     f"({err}). Keep the fields the lesson names.")
+    _check_call_signature(cls)
+    return module
+
+
+def _check_call_signature(cls):
+    # A call that does not fit fails inside Flax, far from the learner's line; say it here, in their words.
+    takes_flag = cls.__name__ != "LayerNorm"
+    inputs = "idx" if cls.__name__ == "MiniGPT" else "x"
+    wanted = f"__call__(self, {inputs}, deterministic=True)" if takes_flag else "__call__(self, x)"
+    try:
+        signature = inspect.signature(cls.__call__)
+    except (TypeError, ValueError):
+        return
+    for args, kwargs in [((None, "x"), {})] + ([((None, "x"), {"deterministic": False})] if takes_flag else []):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as err:
+            checks.fail(f"{cls.__name__}.__call__{signature} should be {wanted}, so that "
+                        f"apply(params, {inputs}) works as the lesson says ({err}).")
 
 
 _traced: dict = {}
@@ -58,7 +80,7 @@ def _tree_of(module, *args):
 
 def _own_params(module, *args):
     """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
-    return og.random_params(module, *args, seed=2)
+    return og.random_fill(_tree_of(module, *args), seed=2)
 
 
 def _tree_hints(shapes):
@@ -103,7 +125,12 @@ def _diagnose_model(p, idx):
 
 
 def _logits(model, params, idx, **kwargs):
-    return checks.without_dropout_rng(lambda: model.apply(params, idx, **kwargs), "MiniGPT")
+    logits = checks.without_dropout_rng(lambda: model.apply(params, idx, **kwargs), "MiniGPT")
+    if isinstance(logits, (tuple, list)):
+        checks.fail(f"MiniGPT returns a {type(logits).__name__} of {len(logits)} items; it should return the logits "
+                    "alone, (B, T, vocab_size). (The video's forward also takes targets and returns the loss; here "
+                    "the loss is task 7's.)")
+    return logits
 
 
 # --- FeedForward --------------------------------------------------------------------------------------------
@@ -214,25 +241,33 @@ def test_causal(impl, idx):
                         "needs the causal mask (mask=nn.make_causal_mask(jnp.ones((1, T)))).")
 
 
+def jitted_logits(model, params, idx):
+    """The learner's logits under jax.jit, with a sentence for the two usual ways that fails."""
+    try:
+        return jax.jit(lambda p, i: model.apply(p, i))(params, idx)
+    except Exception as err:
+        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        where = outcomes.learner_frame(err)
+        first_line += f", at {where}" if where else ""
+        if "Tracer" in type(err).__name__ or "Concretization" in type(err).__name__:
+            checks.fail(f"MiniGPT fails under jax.jit ({first_line}). Inside jit the arrays are abstract: a Python "
+                        "`if`, `int()` or `.item()` on one cannot work; shapes (idx.shape) are fine.")
+        checks.fail(f"MiniGPT fails on a batch of T={idx.shape[1]} tokens, shorter than block_size={BLOCK_SIZE} "
+                    f"({first_line}). Is T taken from idx.shape, and are the positions jnp.arange(T) rather than "
+                    "the whole block_size?")
+
+
 def test_shorter_sequences_under_jit(impl, params, idx):
-    """Works under jax.jit, for T = block_size and for T shorter than block_size"""
+    """Works under jax.jit, and for T shorter than block_size"""
     model = _build(impl.MiniGPT, **FIELDS)
     require_tree(model, (idx,), params, "MiniGPT")
-    expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))
-    apply = jax.jit(lambda p, i: model.apply(p, i))
-    for t in (T, 5):
-        try:
-            logits = apply(params, idx[:, :t])
-        except Exception as err:
-            if t == T:
-                raise
-            checks.fail(f"MiniGPT fails on a batch of T={t} tokens, shorter than block_size={BLOCK_SIZE} "
-                        f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Is T taken from "
-                        "idx.shape, and are the positions jnp.arange(T) rather than the whole block_size?")
-        checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
-        # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
-        checks.assert_close(logits, expected[:, :t], f"MiniGPT's logits for T={t} under jax.jit", **TOL,
-                            diagnose=_diagnose_model(params["params"], idx[:, :t]))
+    t = 5
+    logits = jitted_logits(model, params, idx[:, :t])
+    checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
+    # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
+    expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))[:, :t]
+    checks.assert_close(logits, expected, f"MiniGPT's logits for T={t} under jax.jit", **TOL,
+                        diagnose=_diagnose_model(params["params"], idx[:, :t]))
 
 
 def test_dropout_off_when_deterministic(impl, idx):

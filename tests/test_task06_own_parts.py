@@ -6,12 +6,14 @@ loaded into the learner's Block and MiniGPT; causality, jit and dropout properti
 cause by recomputing the usual wrong variants, and says when the wrong part is one from task 1 or task 5.
 """
 
+import inspect
+
 import jax
 import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt import checks, outcomes
 import oracles_gpt as og
 
 TASK = 6
@@ -46,11 +48,31 @@ def ln_params():
 
 
 def _build(cls, **fields):
+    """The learner's module with the lesson's fields, and a sentence if its fields or call differ."""
     try:
-        return cls(**fields)
+        module = cls(**fields)
     except TypeError as err:
         checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
                     f"({err}). Keep the fields the lesson names.")
+    _check_call_signature(cls)
+    return module
+
+
+def _check_call_signature(cls):
+    # A call that does not fit fails inside Flax, far from the learner's line; say it here, in their words.
+    takes_flag = cls.__name__ != "LayerNorm"
+    inputs = "idx" if cls.__name__ == "MiniGPT" else "x"
+    wanted = f"__call__(self, {inputs}, deterministic=True)" if takes_flag else "__call__(self, x)"
+    try:
+        signature = inspect.signature(cls.__call__)
+    except (TypeError, ValueError):
+        return
+    for args, kwargs in [((None, "x"), {})] + ([((None, "x"), {"deterministic": False})] if takes_flag else []):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as err:
+            checks.fail(f"{cls.__name__}.__call__{signature} should be {wanted}, so that "
+                        f"apply(params, {inputs}) works as the lesson says ({err}).")
 
 
 _traced: dict = {}
@@ -66,14 +88,22 @@ def _tree_of(module, *args):
 
 def _own_params(module, *args):
     """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
-    return og.random_params(module, *args, seed=2)
+    return og.random_fill(_tree_of(module, *args), seed=2)
 
 
 def require_tree(module, args, expected, name):
     """A check that loads shared parameters needs the lesson's tree; if it is not, one line says so."""
     if checks.tree_shapes(_tree_of(module, *args)) != checks.tree_shapes(expected):
-        checks.fail(f"not checked: {name}'s parameter tree is not task 1's, so the shared parameters cannot be "
-                    f"loaded into it (the parameter-tree check says what differs).")
+        checks.fail(f"not checked: {name}'s parameter tree is not the one the lesson fixes, so the shared "
+                    "parameters cannot be loaded into it (the parameter-tree check says what differs).")
+
+
+def _logits(model, params, idx, **kwargs):
+    logits = checks.without_dropout_rng(lambda: model.apply(params, idx, **kwargs), "MiniGPT")
+    if isinstance(logits, (tuple, list)):
+        checks.fail(f"MiniGPT returns a {type(logits).__name__} of {len(logits)} items; it should return the logits "
+                    "alone, (B, T, vocab_size), as task 1's does.")
+    return logits
 
 
 # --- LayerNorm ----------------------------------------------------------------------------------------------
@@ -99,9 +129,9 @@ def layer_norm64(x, p, *, epsilon=1e-6, axis=-1, ddof=0, eps_inside_sqrt=True, s
 def _diagnose_layer_norm(x, p, epsilon=1e-6):
     """Compares with the usual wrong layer norms, each computed with the `epsilon` the check asked for."""
     variants = [
-        (f"the statistics run over axis {axis} ({name}); a LayerNorm normalises each position over its own "
-         "channels: mean and variance over the last axis (axis=-1, keepdims=True).", dict(axis=axis))
-        for axis, name in ((1, "time"), (0, "the batch"), (None, "the whole array"))]
+        (f"the statistics are taken {where}; a LayerNorm normalises each position over its own channels: "
+         "mean and variance over the last axis (axis=-1, keepdims=True).", dict(axis=axis))
+        for axis, where in ((1, "over axis 1 (time)"), (0, "over axis 0 (the batch)"), (None, "over the whole array"))]
     variants += [
         ("the variance is unbiased (ddof=1, Bessel's correction, as torch.var does by default); LayerNorm "
          "divides by C: jnp.var(x, axis=-1) or the mean of the squared deviations.", dict(ddof=1)),
@@ -207,6 +237,8 @@ def _own_part_mistakes(impl):
          dict(attention=attention)),
         ("your FeedForward (task 1) is not Dense -> ReLU -> Dense: make task 1's check pass first.",
          dict(ffwd=ffwd)),
+        ("the Block is wired right, but more than one of its parts differs from Flax's: make the LayerNorm checks "
+         "and the checks of tasks 1 and 5 pass first.", dict(ln=_ln_of(impl), attention=attention, ffwd=ffwd)),
     ]
 
 
@@ -239,10 +271,10 @@ def test_block_output(impl, params, x):
 
 def _why_positions_mix(impl, x, position):
     """Which part lets a position see later ones: the learner's LayerNorm, or else the attention."""
-    ln = impl.LayerNorm()
     changed = x.copy()
     changed[:, position + 1:] = 3.0
     try:
+        ln = impl.LayerNorm()
         p = ln.init(jax.random.key(0), x)
         leak = np.abs(np.asarray(ln.apply(p, x)) - np.asarray(ln.apply(p, changed)))[:, :position + 1].max()
     except Exception:  # the LayerNorm checks report its own errors
@@ -275,7 +307,7 @@ def test_block_dropout(impl, x):
     quiet = checks.without_dropout_rng(lambda: block.apply(p, x, deterministic=True), "Block")
     checks.assert_close(quiet, _build(impl.Block, n_embd=C, n_head=H).apply(p, x),
                         "Block's output with dropout_rate=0.5 and deterministic=True", rtol=1e-6, atol=1e-6)
-    training = lambda key: block.apply(p, x, deterministic=False, rngs={"dropout": key})
+    training = jax.jit(lambda key: block.apply(p, x, deterministic=False, rngs={"dropout": key}))
     ignored = [path for path, deterministic in og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
                if deterministic]
     if ignored:
@@ -300,7 +332,7 @@ def test_logits_match_task1_model(impl, params, idx):
     """MiniGPT, given a task-1 model's parameters, gives the same logits as that model built from Flax's layers"""
     model = _build(impl.MiniGPT, **FIELDS)
     require_tree(model, (idx,), params, "MiniGPT")
-    logits = checks.without_dropout_rng(lambda: model.apply(params, idx), "MiniGPT")
+    logits = _logits(model, params, idx)
     checks.assert_shape(logits, (B, T, V), "MiniGPT's logits")
     checks.assert_dtype(logits, np.float32, "MiniGPT's logits")
     checks.assert_close(logits, og.OracleGPT(**FIELDS).apply(params, idx), "MiniGPT's logits", **TOL,
@@ -311,7 +343,7 @@ def test_causal(impl, idx, x):
     """The logits at position t do not depend on tokens after t"""
     model = _build(impl.MiniGPT, **FIELDS)
     p = _own_params(model, idx)
-    before = np.asarray(model.apply(p, idx))
+    before = np.asarray(_logits(model, p, idx))
     for position in (0, T // 2):
         changed = idx.copy()
         changed[:, position + 1:] = (changed[:, position + 1:] + 1) % V
@@ -322,21 +354,32 @@ def test_causal(impl, idx, x):
                         f"  Likely cause: {_why_positions_mix(impl, x, position)}")
 
 
+def jitted_logits(model, params, idx):
+    """The learner's logits under jax.jit, with a sentence for the two usual ways that fails."""
+    try:
+        return jax.jit(lambda p, i: model.apply(p, i))(params, idx)
+    except Exception as err:
+        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        where = outcomes.learner_frame(err)
+        first_line += f", at {where}" if where else ""
+        if "Tracer" in type(err).__name__ or "Concretization" in type(err).__name__:
+            checks.fail(f"MiniGPT fails under jax.jit ({first_line}). Inside jit the arrays are abstract: a Python "
+                        "`if`, `int()` or `.item()` on one cannot work; shapes (x.shape) are fine.")
+        checks.fail(f"MiniGPT fails on a batch of T={idx.shape[1]} tokens, shorter than block_size={BLOCK_SIZE} "
+                    f"({first_line}). Is T taken from idx.shape, and are the positions jnp.arange(T) rather than "
+                    "the whole block_size?")
+
+
 def test_shorter_sequences_under_jit(impl, params, idx):
-    """Works under jax.jit, for T shorter than block_size"""
+    """Works under jax.jit, and for T shorter than block_size"""
     model = _build(impl.MiniGPT, **FIELDS)
     require_tree(model, (idx,), params, "MiniGPT")
-    expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))
     t = 5
-    try:
-        logits = jax.jit(lambda p, i: model.apply(p, i))(params, idx[:, :t])
-    except Exception as err:
-        checks.fail(f"MiniGPT fails on a batch of T={t} tokens, shorter than block_size={BLOCK_SIZE} "
-                    f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Is T taken from "
-                    "idx.shape, and are the positions jnp.arange(T) rather than the whole block_size?")
+    logits = jitted_logits(model, params, idx[:, :t])
     checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
     # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
-    checks.assert_close(logits, expected[:, :t], f"MiniGPT's logits for T={t} under jax.jit", **TOL,
+    expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))[:, :t]
+    checks.assert_close(logits, expected, f"MiniGPT's logits for T={t} under jax.jit", **TOL,
                         diagnose=_diagnose_model(impl, params["params"], idx[:, :t]))
 
 
@@ -344,7 +387,7 @@ def test_dropout(impl, idx):
     """With deterministic=True dropout is off; with False it runs in every layer, from the 'dropout' RNG"""
     model = _build(impl.MiniGPT, **FIELDS, dropout_rate=0.5)
     p = _own_params(model, idx)
-    quiet = checks.without_dropout_rng(lambda: model.apply(p, idx), "MiniGPT")
+    quiet = _logits(model, p, idx)
     checks.assert_close(quiet, _build(impl.MiniGPT, **FIELDS).apply(p, idx),
                         "the logits with dropout_rate=0.5 and the default deterministic", rtol=1e-6, atol=1e-6)
     training = jax.jit(lambda key: model.apply(p, idx, deterministic=False, rngs={"dropout": key}))

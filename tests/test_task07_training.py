@@ -7,6 +7,7 @@ not a GPT, so that each check compiles in a fraction of a second.
 """
 
 import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -52,6 +53,33 @@ CYCLE = jnp.asarray(np.arange(140) % V, jnp.int32)  # 0 1 2 .. 6 0 1 ..: each to
 ONE_TOKEN = jnp.full((40,), 3, jnp.int32)  # every batch drawn from it is the same batch
 
 
+CALLS = {  # how the checks call each function: the positional arguments, then the keyword ones
+    "cross_entropy": (("logits", "targets"), ()),
+    "create_train_state": (("model", "key", "example_idx", "learning_rate"), ("weight_decay",)),
+    "train_step": (("state", "x", "y", "dropout_key"), ()),
+    "evaluate": (("state", "data", "key", "eval_iters", "batch_size", "block_size"), ()),
+    "train": (("state", "data", "key", "num_steps", "batch_size", "block_size"), ()),
+}
+
+
+def _function(impl, name):
+    """The learner's `name`, once it is known to accept the call the checks make (else a sentence)."""
+    fn = getattr(impl, name)
+    if not callable(fn):
+        checks.fail(f"`{name}` should be a function, but it is a {type(fn).__name__}.")
+    positional, keywords = CALLS[name]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # an object inspect cannot read: the call itself will tell
+        return fn
+    try:
+        signature.bind(*positional, **{k: None for k in keywords})
+    except TypeError:
+        wanted = ", ".join(positional + tuple(f"{k}=..." for k in keywords))
+        checks.fail(f"{name} should accept ({wanted}), as the lesson says, but it is defined as {name}{signature}.")
+    return fn
+
+
 # ----------------------------------------------------------------------------------------------------
 # Oracles
 
@@ -59,9 +87,9 @@ ONE_TOKEN = jnp.full((40,), 3, jnp.int32)  # every batch drawn from it is the sa
 @functools.lru_cache(maxsize=None)
 def _oracle_state(model, tx):
     """A TrainState built by flax itself, so that the checks of train_step, evaluate and train do not depend
-    on the learner's create_train_state."""
-    return train_state.TrainState.create(apply_fn=model.apply, params=model.init(jax.random.key(0), EXAMPLE),
-                                         tx=tx)
+    on the learner's create_train_state. params is the inner tree model.init(...)['params']."""
+    variables = model.init(jax.random.key(0), EXAMPLE)
+    return train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
 
 
 def _copy(state):
@@ -71,9 +99,9 @@ def _copy(state):
 
 def _oracle_loss(params, apply_fn, x, y, dropout_key=None):
     if dropout_key is None:
-        logits = apply_fn(params, x, deterministic=True)
+        logits = apply_fn({"params": params}, x, deterministic=True)
     else:
-        logits = apply_fn(params, x, deterministic=False, rngs={"dropout": dropout_key})
+        logits = apply_fn({"params": params}, x, deterministic=False, rngs={"dropout": dropout_key})
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
@@ -177,26 +205,47 @@ def _assert_is_train_state(state, who):
                     f"{type(state).__name__} without " + ", ".join(f"`{m}`" for m in missing) + ".")
 
 
-def _assert_whole_variables(params, expected, who):
-    """state.params must be the dict model.init returns, {'params': ...}, not the tree inside it."""
-    if hasattr(params, "keys") and "params" not in params and checks.tree_shapes(params) == checks.tree_shapes(
-            expected["params"]):
-        checks.fail(f"{who} is the inner tree model.init(...)['params']; this lesson keeps the whole dict that "
-                    "model.init returns ({'params': ...}), so that state.apply_fn(state.params, x) runs the model.")
+def _assert_inner_params(params, expected, who):
+    """state.params must be the tree model.init(...)['params'], not the whole dict {'params': ...} around it."""
+    if hasattr(params, "keys") and "params" in params and "params" not in expected:
+        checks.fail(f"{who} holds the whole dict model.init returns, {{'params': ...}}: keep variables['params'], "
+                    "the parameter tree inside it, as Flax's TrainState expects (the model then runs as "
+                    "state.apply_fn({'params': state.params}, x)).")
     checks.assert_tree(params, expected, who)
 
 
-FROM_CROSS_ENTROPY = "this is what your cross_entropy gives on the right logits: fix cross_entropy first (see its checks)."
+def _unwrapped_params(err, who):
+    """A sentence when Flax found no 'params' collection: the inner tree was passed to apply as it is."""
+    if type(err).__name__ == "ScopeCollectionNotFound" and 'collection "params"' in str(err):
+        return (f"{who} ran the model on the parameter tree as it is, and Flax found no 'params' collection in "
+                "it: state.params is the inner tree model.init(...)['params'], so wrap it again when you call "
+                "the model, state.apply_fn({'params': params}, x, ...).")
+    return None
+
+
+def _run(who, fn, *args):
+    """fn(*args), with Flax's error for unwrapped parameters turned into a sentence."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        why = _unwrapped_params(err, who)
+        if why:
+            checks.fail(why)
+        raise
+
+
+FROM_CROSS_ENTROPY = ("this is what your cross_entropy gives on the right logits: fix cross_entropy first "
+                      "(see its checks).")
 
 
 def _learner_loss(impl, params, apply_fn, x, y, dropout_key=None):
     """The learner's own cross_entropy on the right logits: when a later check's number equals it, the
     mistake is in cross_entropy, not in the function under check."""
     if dropout_key is None:
-        logits = apply_fn(params, x, deterministic=True)
+        logits = apply_fn({"params": params}, x, deterministic=True)
     else:
-        logits = apply_fn(params, x, deterministic=False, rngs={"dropout": dropout_key})
-    return impl.cross_entropy(logits, y)
+        logits = apply_fn({"params": params}, x, deterministic=False, rngs={"dropout": dropout_key})
+    return _function(impl, "cross_entropy")(logits, y)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,7 +255,7 @@ def _learner_loss(impl, params, apply_fn, x, y, dropout_key=None):
 def test_cross_entropy_matches_optax(impl):
     """cross_entropy is Optax's softmax_cross_entropy_with_integer_labels averaged over batch and time"""
     logits, targets = _logits_and_targets()
-    got = impl.cross_entropy(jnp.asarray(logits), jnp.asarray(targets))
+    got = _function(impl, "cross_entropy")(jnp.asarray(logits), jnp.asarray(targets))
     _assert_scalar(got, "cross_entropy(logits, targets)")
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
     checks.assert_close(got, expected, "cross_entropy(logits, targets)", rtol=1e-5, atol=1e-6,
@@ -217,12 +266,12 @@ def test_cross_entropy_hand_cases(impl):
     """Uniform logits cost log V whatever the targets; a confident right guess costs almost nothing"""
     _, targets = _logits_and_targets(seed=1)
     uniform = np.full((B, T, V), 2.5, np.float32)
-    got = impl.cross_entropy(jnp.asarray(uniform), jnp.asarray(targets))
+    got = _function(impl, "cross_entropy")(jnp.asarray(uniform), jnp.asarray(targets))
     _assert_scalar(got, "the loss of uniform logits")
     checks.assert_close(got, np.log(V), "the loss of uniform logits (log V)", rtol=1e-5, atol=1e-6,
                         diagnose=_diagnose_loss(uniform, targets))
     confident = 20.0 * np.eye(V, dtype=np.float32)[targets]  # (B, T, V): 20 on the target, 0 elsewhere
-    got = impl.cross_entropy(jnp.asarray(confident), jnp.asarray(targets))
+    got = _function(impl, "cross_entropy")(jnp.asarray(confident), jnp.asarray(targets))
     checks.assert_close(got, np.log1p((V - 1) * np.exp(-20.0)), "the loss of a confident right guess",
                         rtol=1e-3, atol=1e-6, diagnose=_diagnose_loss(confident, targets))
 
@@ -230,7 +279,7 @@ def test_cross_entropy_hand_cases(impl):
 def test_cross_entropy_large_logits(impl):
     """cross_entropy stays finite and exact for logits of size 1e4 (a log-softmax, not log of softmax)"""
     logits, targets = _logits_and_targets(seed=2, scale=1e4)
-    got = checks.as_array(impl.cross_entropy(jnp.asarray(logits), jnp.asarray(targets)),
+    got = checks.as_array(_function(impl, "cross_entropy")(jnp.asarray(logits), jnp.asarray(targets)),
                           "cross_entropy for large logits")
     if not np.isfinite(got).all():
         checks.fail(f"cross_entropy is {got} for logits of size about 1e4: computing log(softmax(logits)) in "
@@ -245,10 +294,11 @@ def test_cross_entropy_jit_and_grad(impl):
     """cross_entropy works under jax.jit and jax.grad; its gradient is (softmax - one_hot) / (B * T)"""
     logits, targets = _logits_and_targets(seed=3)
     expected_loss = -_picked(_log_softmax64(logits), targets).mean()
-    checks.assert_close(jax.jit(impl.cross_entropy)(jnp.asarray(logits), jnp.asarray(targets)), expected_loss,
+    cross_entropy = _function(impl, "cross_entropy")
+    checks.assert_close(jax.jit(cross_entropy)(jnp.asarray(logits), jnp.asarray(targets)), expected_loss,
                         "cross_entropy under jax.jit", rtol=1e-5, atol=1e-6,
                         diagnose=_diagnose_loss(logits, targets))
-    grad = jax.grad(impl.cross_entropy)(jnp.asarray(logits), jnp.asarray(targets))
+    grad = jax.grad(cross_entropy)(jnp.asarray(logits), jnp.asarray(targets))
     expected = (np.exp(_log_softmax64(logits)) - np.eye(V)[targets]) / (B * T)  # (B, T, V)
     checks.assert_close(grad, expected, "the gradient of cross_entropy with respect to the logits", rtol=1e-4,
                         atol=1e-6, diagnose=checks.diagnose_from([
@@ -261,26 +311,27 @@ def test_cross_entropy_jit_and_grad(impl):
 
 
 def test_create_train_state_params(impl):
-    """create_train_state returns a TrainState with params = model.init(key, example_idx), step 0, apply_fn = model.apply"""
+    """create_train_state holds params = model.init(key, example_idx)['params'], step 0, apply_fn = model.apply"""
     key = jax.random.key(3)
-    state = impl.create_train_state(PLAIN, key, EXAMPLE, LEARNING_RATE)
+    state = _function(impl, "create_train_state")(PLAIN, key, EXAMPLE, LEARNING_RATE)
     _assert_is_train_state(state, "create_train_state's result")
-    expected = PLAIN.init(key, EXAMPLE)
-    _assert_whole_variables(state.params, expected, "state.params")
+    expected = PLAIN.init(key, EXAMPLE)["params"]
+    _assert_inner_params(state.params, expected, "state.params")
     _assert_tree_close(state.params, expected, "state.params", candidates=[
         ("the parameters were initialised with another key than the one given to create_train_state.",
-         lambda: PLAIN.init(jax.random.key(0), EXAMPLE))])
+         lambda: PLAIN.init(jax.random.key(0), EXAMPLE)["params"])])
     if int(state.step) != 0:
         checks.fail(f"a new state should have step 0, but it has step {int(state.step)}.")
     x, _ = _batch()
-    checks.assert_close(state.apply_fn(state.params, x), PLAIN.apply(expected, x),
-                        "state.apply_fn(state.params, x) (apply_fn should be model.apply)", rtol=1e-6, atol=1e-6)
+    checks.assert_close(state.apply_fn({"params": state.params}, x), PLAIN.apply({"params": expected}, x),
+                        "state.apply_fn({'params': state.params}, x) (apply_fn should be model.apply)", rtol=1e-6,
+                        atol=1e-6)
 
 
 def test_create_train_state_optimizer(impl):
     """The optimiser is optax.adamw(learning_rate, weight_decay=weight_decay), weight_decay 0.01 by default"""
     key = jax.random.key(3)
-    params = PLAIN.init(key, EXAMPLE)
+    params = PLAIN.init(key, EXAMPLE)["params"]
     rng = np.random.default_rng(4)
     grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
              for _ in range(2)]
@@ -295,9 +346,9 @@ def test_create_train_state_optimizer(impl):
 
     learning_rate = 0.1
     for given, weight_decay in (({}, 0.01), ({"weight_decay": 0.1}, 0.1)):
-        state = impl.create_train_state(PLAIN, key, EXAMPLE, learning_rate, **given)
+        state = _function(impl, "create_train_state")(PLAIN, key, EXAMPLE, learning_rate, **given)
         _assert_is_train_state(state, "create_train_state's result")
-        _assert_whole_variables(state.params, params, "state.params")
+        _assert_inner_params(state.params, params, "state.params")
         got = state.apply_gradients(grads=grads[0]).apply_gradients(grads=grads[1]).params
         call = f"create_train_state(model, key, idx, {learning_rate}" + (f", weight_decay={weight_decay})" if given
                                                                         else ")")
@@ -318,7 +369,7 @@ def test_create_train_state_optimizer(impl):
 
 
 def _call_train_step(impl, state, x, y, dropout_key):
-    out = impl.train_step(_copy(state), x, y, dropout_key)
+    out = _run("train_step", _function(impl, "train_step"), _copy(state), x, y, dropout_key)
     if not (isinstance(out, tuple) and len(out) == 2):
         checks.fail(f"train_step should return a pair (new_state, loss), but it returned a {type(out).__name__}"
                     + (f" of {len(out)} items." if isinstance(out, (tuple, list)) else "."))
@@ -394,8 +445,9 @@ def test_train_step_dropout_follows_key(impl):
 
 def test_train_step_is_jitted(impl):
     """train_step is compiled with jax.jit, so that a step runs as one compiled program"""
-    if not hasattr(impl.train_step, "lower"):
-        checks.fail(f"train_step is a {type(impl.train_step).__name__}, not a jax.jit-compiled function: "
+    train_step = _function(impl, "train_step")
+    if not hasattr(train_step, "lower"):
+        checks.fail(f"train_step is a {type(train_step).__name__}, not a jax.jit-compiled function: "
                     "decorate it with @jax.jit (then every step after the first reuses one compiled program).")
     state = _oracle_state(DROPPY, ADAMW)
     x, y = _batch()
@@ -416,11 +468,11 @@ def _oracle_batch_losses(apply_fn, params, keys):
 
 def _call_evaluate(impl, state, key):
     try:
-        got = impl.evaluate(_copy(state), RANDOM_TOKENS, key, EVAL_ITERS, B, T)
+        got = _run("evaluate", _function(impl, "evaluate"), _copy(state), RANDOM_TOKENS, key, EVAL_ITERS, B, T)
     except Exception as err:
         if type(err).__name__ == "InvalidRngError" and "dropout" in str(err):
             checks.fail("evaluate asked the model for a 'dropout' RNG: evaluation runs with dropout off, "
-                        "state.apply_fn(state.params, x, deterministic=True).")
+                        "state.apply_fn({'params': state.params}, x, deterministic=True).")
         raise
     return _assert_scalar(got, "evaluate's result")
 
@@ -471,8 +523,9 @@ def test_evaluate_dropout_off(impl):
         except Exception:
             pass
         try:
-            without = np.asarray(impl.evaluate(_copy(state.replace(apply_fn=PLAIN.apply)), RANDOM_TOKENS, key,
-                                               EVAL_ITERS, B, T), np.float64)
+            without_dropout = _copy(state.replace(apply_fn=PLAIN.apply))
+            without = np.asarray(_function(impl, "evaluate")(without_dropout, RANDOM_TOKENS, key, EVAL_ITERS, B, T),
+                                 np.float64)
         except Exception:
             return None
         if checks.matches(without, expected):
@@ -489,7 +542,7 @@ def test_evaluate_dropout_off(impl):
 
 
 def _call_train(impl, state, data, key, num_steps):
-    out = impl.train(_copy(state), data, key, num_steps, B, T)
+    out = _run("train", _function(impl, "train"), _copy(state), data, key, num_steps, B, T)
     if not (isinstance(out, tuple) and len(out) == 2):
         checks.fail(f"train should return a pair (state, losses), but it returned a {type(out).__name__}.")
     new_state, losses = out

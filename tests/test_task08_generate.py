@@ -10,6 +10,7 @@ tolerance is over five standard deviations, so any correct sampler passes whatev
 """
 
 import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -78,12 +79,57 @@ COUNT_UP = CountUp()
 SHORT_COUNT_UP = CountUp(block_size=4)
 FIXED = FixedLogits()
 POSITIONAL = Positional()
-POSITIONAL_PARAMS = POSITIONAL.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-NO_PARAMS = {}  # CountUp and FixedLogits have no parameters
+# generate takes the parameter tree, model.init(...)['params'] (what state.params holds), not the variables dict.
+POSITIONAL_PARAMS = POSITIONAL.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+NO_PARAMS = {}  # CountUp and FixedLogits have no parameters: an empty tree
+
+
+CALLS = {  # how the checks call each function: the positional arguments, then the keyword ones
+    "generate": (("model", "params", "idx", "key", "max_new_tokens"), ("temperature", "top_k")),
+    "generate_jit": (("model", "params", "idx", "key", "max_new_tokens"), ("temperature", "top_k")),
+}
+
+
+def _function(impl, name):
+    """The learner's `name`, once it is known to accept the call the checks make (else a sentence)."""
+    fn = getattr(impl, name)
+    if not callable(fn):
+        checks.fail(f"`{name}` should be a function, but it is a {type(fn).__name__}.")
+    positional, keywords = CALLS[name]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # an object inspect cannot read: the call itself will tell
+        return fn
+    try:
+        signature.bind(*positional, **{k: None for k in keywords})
+    except TypeError:
+        wanted = ", ".join(positional + tuple(f"{k}=..." for k in keywords))
+        checks.fail(f"{name} should accept ({wanted}), as the lesson says, but it is defined as {name}{signature}.")
+    return fn
+
+
+def _unwrapped_params(err, name):
+    """A sentence when Flax found no 'params' collection: the tree was passed to model.apply as it is."""
+    if type(err).__name__ == "ScopeCollectionNotFound" and 'collection "params"' in str(err):
+        return (f"{name} called model.apply(params, ...) with the parameter tree as it is, and Flax found no "
+                "'params' collection in it: params is the inner tree (what state.params holds), so wrap it, "
+                "model.apply({'params': params}, idx_cond, deterministic=True).")
+    return None
+
+
+def _run(name, fn, *args, **options):
+    """fn(*args, **options), with Flax's error for unwrapped parameters turned into a sentence."""
+    try:
+        return fn(*args, **options)
+    except Exception as err:
+        why = _unwrapped_params(err, name)
+        if why:
+            checks.fail(why)
+        raise
 
 
 def _call(fn, name, model, params, idx, key, max_new_tokens, **options):
-    out = fn(model, params, idx, key, max_new_tokens, **options)
+    out = _run(name, fn, model, params, idx, key, max_new_tokens, **options)
     B, T = idx.shape
     array = checks.as_array(out, f"{name}'s output")
     hint = {(B, T): "It has the prompt's shape: append each new token to idx (jnp.concatenate on axis 1).",
@@ -239,34 +285,34 @@ def _assert_frequencies(fn, name, temperature, top_k):
 
 def test_generate_counts_up(impl):
     """From the prompt [4], a model sure that the next token is the previous + 1 continues 5, 6, 7, 8"""
-    _assert_counts_up(impl.generate, "generate")
+    _assert_counts_up(_function(impl, "generate"), "generate")
 
 
 def test_generate_crops_context(impl):
     """generate crops the context to its last block_size tokens before each call of the model"""
-    _assert_crops(impl.generate, "generate")
+    _assert_crops(_function(impl, "generate"), "generate")
 
 
 def test_generate_samples_softmax(impl):
     """generate samples in proportion to softmax(logits) at temperature 1"""
-    _assert_frequencies(impl.generate, "generate", 1.0, None)
+    _assert_frequencies(_function(impl, "generate"), "generate", 1.0, None)
 
 
 def test_generate_temperature(impl):
     """generate divides the logits by the temperature: below 1 sharper, above 1 flatter"""
-    _assert_frequencies(impl.generate, "generate", 0.5, None)
-    _assert_frequencies(impl.generate, "generate", 2.0, None)
+    _assert_frequencies(_function(impl, "generate"), "generate", 0.5, None)
+    _assert_frequencies(_function(impl, "generate"), "generate", 2.0, None)
 
 
 def test_generate_top_k(impl):
     """With top_k, generate samples only among the k largest logits, renormalised among them"""
-    _assert_frequencies(impl.generate, "generate", 1.0, 3)
-    _assert_frequencies(impl.generate, "generate", 2.0, 1)
+    _assert_frequencies(_function(impl, "generate"), "generate", 1.0, 3)
+    _assert_frequencies(_function(impl, "generate"), "generate", 2.0, 1)
 
 
 def test_generate_fresh_key_each_step(impl):
     """generate uses a fresh key for every new token: with fixed logits a row's new tokens are independent"""
-    new = _new_tokens(impl.generate, "generate", 1.0, None)
+    new = _new_tokens(_function(impl, "generate"), "generate", 1.0, None)
     same = np.mean(np.all(new == new[:, :1], axis=1))
     if same > 0.5:
         checks.fail(f"in {same:.0%} of {ROWS} rows all {NEW} new tokens are the same, from a model whose logits "
@@ -279,9 +325,10 @@ def test_generate_fresh_key_each_step(impl):
 def test_generate_reproducible(impl):
     """generate is reproducible: the same key gives the same tokens, another key other tokens"""
     idx = jnp.array([[1, 2]] * 8, jnp.int32)
-    first = _call(impl.generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(5), 7)
-    again = _call(impl.generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(5), 7)
-    other = _call(impl.generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(6), 7)
+    generate = _function(impl, "generate")
+    first = _call(generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(5), 7)
+    again = _call(generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(5), 7)
+    other = _call(generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(6), 7)
     if not np.array_equal(first, again):
         checks.fail("generate gave different tokens for the same key: every random draw should come from the "
                     "key passed in (no other source of randomness).")
@@ -317,11 +364,10 @@ def _loop_size(jaxpr):
 def test_generate_jit_same_tokens_as_generate(impl):
     """generate_jit gives exactly the tokens of your generate for the same arguments and key"""
     idx = jnp.array([[1, 2], [3, 4], [5, 6], [7, 8], [0, 1], [2, 3], [4, 5], [6, 7]], jnp.int32)
+    generate, generate_jit = _function(impl, "generate"), _function(impl, "generate_jit")
     for options in ({}, {"temperature": 0.7, "top_k": 3}):
-        expected = _call(impl.generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(7), 7,
-                         **options)
-        got = _call(impl.generate_jit, "generate_jit", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(7), 7,
-                    **options)
+        expected = _call(generate, "generate", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(7), 7, **options)
+        got = _call(generate_jit, "generate_jit", POSITIONAL, POSITIONAL_PARAMS, idx, jax.random.key(7), 7, **options)
         if not np.array_equal(got, expected):
             setting = ", ".join(f"{k}={v}" for k, v in options.items()) or "the default settings"
             rows = np.flatnonzero(np.any(got != expected, axis=1))
@@ -337,22 +383,22 @@ def test_generate_jit_same_tokens_as_generate(impl):
 
 def test_generate_jit_counts_up(impl):
     """generate_jit continues [4] with 5, 6, 7, 8 on the previous + 1 model"""
-    _assert_counts_up(impl.generate_jit, "generate_jit")
+    _assert_counts_up(_function(impl, "generate_jit"), "generate_jit")
 
 
 def test_generate_jit_crops_context(impl):
     """generate_jit shows the model at most block_size tokens, the last ones written"""
-    _assert_crops(impl.generate_jit, "generate_jit")
+    _assert_crops(_function(impl, "generate_jit"), "generate_jit")
 
 
 def test_generate_jit_samples(impl):
     """generate_jit samples with temperature and top-k in the right proportions"""
-    _assert_frequencies(impl.generate_jit, "generate_jit", 2.0, 3)
+    _assert_frequencies(_function(impl, "generate_jit"), "generate_jit", 2.0, 3)
 
 
 def test_generate_jit_is_one_compiled_loop(impl):
     """generate_jit is jitted, and its loop is a lax loop whose program does not grow with max_new_tokens"""
-    fn = impl.generate_jit
+    fn = _function(impl, "generate_jit")
     if not hasattr(fn, "lower"):
         checks.fail(f"generate_jit is a {type(fn).__name__}, not a jax.jit-compiled function: wrap it in "
                     "jax.jit with model, max_new_tokens and top_k static, "
@@ -360,7 +406,8 @@ def test_generate_jit_is_one_compiled_loop(impl):
     idx = jnp.array([[1, 2]], jnp.int32)
 
     def program(max_new_tokens):
-        return jax.make_jaxpr(lambda params, idx, key: fn(POSITIONAL, params, idx, key, max_new_tokens))(
+        return _run("generate_jit", jax.make_jaxpr(
+            lambda params, idx, key: fn(POSITIONAL, params, idx, key, max_new_tokens)),
             POSITIONAL_PARAMS, idx, jax.random.key(0))
 
     names, small = _loop_size(program(10))

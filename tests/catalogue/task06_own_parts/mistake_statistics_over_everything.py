@@ -1,5 +1,5 @@
 MISTAKE = "calls x.mean() and x.var() without an axis, so the statistics are of the whole array"
-DIAGNOSIS = "the whole array"
+DIAGNOSIS = "over the whole array"
 
 
 import jax.numpy as jnp

@@ -18,12 +18,12 @@ def cross_entropy(logits, targets):
 
 def create_train_state(model, key, example_idx, learning_rate, weight_decay=0.01):
     tx = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
-    return TrainState.create(apply_fn=model.apply, params=model.init(key, example_idx), tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=model.init(key, example_idx)["params"], tx=tx)
 
 
 def _train_step(state, x, y, dropout_key):
     def loss_fn(params):
-        logits = state.apply_fn(params, x, deterministic=False, rngs={"dropout": dropout_key})
+        logits = state.apply_fn({"params": params}, x, deterministic=False, rngs={"dropout": dropout_key})
         return cross_entropy(logits, y), logits
 
     (loss, _logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -37,7 +37,7 @@ train_step = jax.jit(_train_step)
 def _mean_eval_loss(state, data, keys, batch_size, block_size):
     def batch_loss(k):
         x, y = get_batch(k, data, batch_size, block_size)
-        return cross_entropy(state.apply_fn(state.params, x, deterministic=True), y)
+        return cross_entropy(state.apply_fn({"params": state.params}, x, deterministic=True), y)
 
     return jax.vmap(batch_loss)(keys).mean()
 

@@ -19,11 +19,12 @@ def cross_entropy(logits, targets):
 def create_train_state(model, key, example_idx, learning_rate, weight_decay=0.01):
     variables = model.init(key, example_idx)
     optimizer = optax.adamw(learning_rate=learning_rate, weight_decay=weight_decay)
-    return train_state.TrainState.create(apply_fn=model.apply, params=variables, tx=optimizer)
+    return train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer)
 
 
 def _loss(params, state, x, y, dropout_key):
-    logits = state.apply_fn(params, x, deterministic=False, rngs={"dropout": dropout_key})
+    variables = {"params": params}  # what model.init returned, rebuilt around the tree being differentiated
+    logits = state.apply_fn(variables, x, deterministic=False, rngs={"dropout": dropout_key})
     return cross_entropy(logits, y)
 
 
@@ -38,7 +39,7 @@ def evaluate(state, data, key, eval_iters, batch_size, block_size):
     total = 0.0
     for k in range(eval_iters):
         xb, yb = get_batch(keys[k], data, batch_size, block_size)
-        logits = state.apply_fn(state.params, xb)  # deterministic is the default
+        logits = state.apply_fn({"params": state.params}, xb)  # deterministic is the default
         total += float(cross_entropy(logits, yb))
     return total / eval_iters
 

@@ -24,13 +24,14 @@ def cross_entropy(logits, targets):
 def create_train_state(model, key, example_idx, learning_rate, weight_decay=0.01):
     """A flax TrainState holding the model's parameters and an AdamW optimiser.
 
-    params = model.init(key, example_idx) (the whole variables dict, {'params': ...});
+    params = model.init(key, example_idx)['params'] (the parameter tree inside the variables dict, as
+    Flax's TrainState expects; the model runs as state.apply_fn({'params': state.params}, x));
     apply_fn = model.apply; tx = optax.adamw(learning_rate, weight_decay=weight_decay).
     The default weight_decay is PyTorch's 0.01 (Optax's own default is 1e-4).
     """
-    params = model.init(key, example_idx)
+    variables = model.init(key, example_idx)  # {'params': {...}}
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
 
 
 @jax.jit
@@ -38,12 +39,12 @@ def train_step(state, x, y, dropout_key):
     """One jitted AdamW step on the batch (x, y), with dropout on: returns (new_state, loss).
 
     x, y: int (B, T). The loss is cross_entropy of
-    state.apply_fn(params, x, deterministic=False, rngs={'dropout': dropout_key}) against y, at the
-    parameters before the step.
+    state.apply_fn({'params': params}, x, deterministic=False, rngs={'dropout': dropout_key}) against y,
+    at the parameters before the step.
     """
 
     def loss_fn(params):
-        logits = state.apply_fn(params, x, deterministic=True)  # (B, T, V)
+        logits = state.apply_fn({"params": params}, x, deterministic=True)  # (B, T, V)
         return cross_entropy(logits, y)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -53,7 +54,7 @@ def train_step(state, x, y, dropout_key):
 
 @jax.jit
 def _eval_loss(state, x, y):
-    logits = state.apply_fn(state.params, x, deterministic=True)  # (B, T, V), dropout off
+    logits = state.apply_fn({"params": state.params}, x, deterministic=True)  # (B, T, V), dropout off
     return cross_entropy(logits, y)
 
 

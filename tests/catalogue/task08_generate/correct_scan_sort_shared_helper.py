@@ -18,7 +18,7 @@ def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=Non
     for _ in range(max_new_tokens):
         T = idx.shape[1]
         idx_cond = idx[:, max(0, T - model.block_size):]
-        logits = model.apply(params, idx_cond, deterministic=True)
+        logits = model.apply({"params": params}, idx_cond, deterministic=True)
         key, subkey = jax.random.split(key)
         idx_next = _pick(logits[:, -1], subkey, temperature, top_k)
         idx = jnp.append(idx, idx_next[:, None], axis=1)
@@ -29,6 +29,7 @@ def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=Non
 def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=None):
     B, T = idx.shape
     W = min(model.block_size, T + max_new_tokens)
+    variables = {"params": params}  # the dict model.init returned, around the tree
     buf = jnp.concatenate([idx, jnp.zeros((B, max_new_tokens), idx.dtype)], axis=1)
 
     def body(carry, i):
@@ -36,7 +37,7 @@ def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k
         n = T + i  # tokens so far
         start = jnp.clip(n - W, 0, None)
         window = jax.lax.dynamic_slice_in_dim(buf, start, W, axis=1)  # (B, W)
-        logits = model.apply(params, window, deterministic=True)  # (B, W, V)
+        logits = model.apply(variables, window, deterministic=True)  # (B, W, V)
         key, subkey = jax.random.split(key)
         tok = _pick(logits[:, n - 1 - start], subkey, temperature, top_k)
         return (buf.at[:, n].set(tok.astype(buf.dtype)), key), None

@@ -20,7 +20,7 @@ def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=Non
     block_size = model.block_size
     for _ in range(max_new_tokens):
         context = idx if idx.shape[1] <= block_size else idx[:, idx.shape[1] - block_size:]
-        logits = model.apply(params, context, deterministic=True)[:, -1, :]  # (B, V)
+        logits = model.apply({"params": params}, context, deterministic=True)[:, -1, :]  # (B, V)
         key, subkey = jax.random.split(key)
         new = _next_token(logits, subkey, temperature, top_k)
         idx = jnp.concatenate((idx, new[:, None].astype(idx.dtype)), axis=1)
@@ -43,7 +43,7 @@ def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k
         length, tokens, key = state
         first = jnp.maximum(0, length - width)
         context = jax.lax.dynamic_slice(tokens, (0, first), (B, width))
-        logits = model.apply(params, context, deterministic=True)  # (B, width, V)
+        logits = model.apply({"params": params}, context, deterministic=True)  # (B, width, V)
         logits = jnp.take(logits, length - 1 - first, axis=1)  # (B, V)
         key, subkey = jax.random.split(key)
         new = _next_token(logits, subkey, temperature, top_k)

@@ -18,7 +18,7 @@ def _sample_next(logits, key, temperature, top_k):
 def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=None):
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -model.block_size:]  # (B, min(T, block_size))
-        logits = model.apply(params, idx_cond, deterministic=True)  # (B, T_cond, V)
+        logits = model.apply({"params": params}, idx_cond, deterministic=True)  # (B, T_cond, V)
         key, subkey = jax.random.split(key)
         idx_next = _sample_next(logits[:, -1, :], subkey, temperature, top_k)  # (B,)
         idx = jnp.concatenate([idx, idx_next[:, None].astype(idx.dtype)], axis=1)  # (B, T + 1)
