@@ -54,10 +54,19 @@ def classify(exc: BaseException | None, task: catalog.Task, timeout_s: float | N
         return Outcome(SKIPPED, text)
     where = learner_frame(exc)
     first_line = text.strip().splitlines()[0] if text.strip() else ""
+    if where is None and isinstance(exc, TypeError) and _looks_like_a_call_mismatch(first_line):
+        return Outcome(ERROR, f"your code could not be called the way the lesson describes: {first_line[:400]}. "
+                              "Compare its fields and its __call__ signature (names, defaults) with the lesson.")
     if where is None:
         return Outcome(ERROR, f"the check itself failed with {type(exc).__name__}: {first_line[:400]} "
                               "(this is a bug in the check: please report it)")
     return Outcome(ERROR, f"your code raised {type(exc).__name__}: {_trim(text)}\n    at {where}")
+
+
+def _looks_like_a_call_mismatch(text: str) -> bool:
+    return any(words in text for words in (
+        "unexpected keyword argument", "required positional argument", "positional argument",
+        "required keyword-only argument", "takes no arguments", "multiple values for argument"))
 
 
 def _task_that_is_unfinished(exc: BaseException) -> catalog.Task | None:

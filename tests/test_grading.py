@@ -155,3 +155,20 @@ def test_every_stub_says_its_task_number():
     for task in catalog.TASKS:
         source = (catalog.TASKS_DIR / f"{task.stem}.py").read_text()
         assert f'NotImplementedError("Task {task.number}:' in source, task.stem
+
+
+def test_call_signature_mismatch_is_not_blamed_on_the_check(tmp_path):
+    (tmp_path / "task03_head.py").write_text(textwrap.dedent('''\
+        import flax.linen as nn
+
+        class Head(nn.Module):
+            head_size: int
+            dropout_rate: float = 0.0
+
+            @nn.compact
+            def __call__(self, x, deterministic):  # no default, unlike the lesson
+                return nn.Dense(self.head_size, use_bias=False, name="value")(x)
+        '''))
+    text = grading.run_suite(HEAD, tmp_path).text()
+    assert "bug in the check" not in text
+    assert "could not be called the way the lesson describes" in text or "your code raised" in text
