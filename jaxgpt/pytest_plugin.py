@@ -18,8 +18,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("jaxgpt")
     group.addoption(
         "--impl", default=None,
-        help="the implementation to grade: `tasks` (default), `reference`, a directory laid out like "
-             "reference/, or one .py file")
+        help="the implementation to grade: `reference` (the default, so that the project's own test run "
+             "proves the suites), `tasks` (your work), a directory laid out like reference/, or one .py file")
 
 
 def _configured_implementation(config) -> implementation.Implementation:
@@ -28,7 +28,7 @@ def _configured_implementation(config) -> implementation.Implementation:
             return plugin.implementation
     cached = getattr(config, "_jaxgpt_implementation", None)
     if cached is None:
-        spec = config.getoption("--impl") or os.environ.get("JAXGPT_IMPL") or "tasks"
+        spec = config.getoption("--impl") or os.environ.get("JAXGPT_IMPL") or "reference"
         cached = implementation.resolve(spec)
         config._jaxgpt_implementation = cached
     return cached
