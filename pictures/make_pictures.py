@@ -370,7 +370,29 @@ PICTURES = {
     "minigpt.png": draw_minigpt,
     "attention_head.png": draw_attention_head,
     "causal_mask.png": draw_causal_mask,
+    "reference_loss_tiny.png": lambda path: draw_reference_loss(path),
 }
+
+
+def draw_reference_loss(path: Path) -> None:
+    """The reference MiniGPT's loss curve for the `tiny` configuration, from bench/train_tiny.py's figures,
+    so a learner can answer "is my loss right?"."""
+    import json
+
+    results = json.loads((HERE.parent / "bench" / "results" / "train_tiny.json").read_text())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(results["steps"], results["train_losses"], "o-", label="train")
+    ax.plot(results["steps"], results["eval_losses"], "o-", label="eval")
+    ax.axhline(1.75, color="grey", ls="--", lw=1)
+    ax.text(results["steps"][-1], 1.77, "target 1.75", ha="right", va="bottom", color="grey")
+    ax.set_xlabel("step (batch 64 x block 64 tokens)")
+    ax.set_ylabel("cross entropy (nats per character)")
+    ax.set_ylim(1.2, 3.0)
+    ax.set_title(f"Reference MiniGPT, `tiny` ({results['n_params']:,} parameters): eval "
+                 f"{results['final_eval_loss']:.2f} in {results['wall_seconds'] / 60:.1f} min on 2 CPU cores")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
