@@ -173,3 +173,22 @@ def without_dropout_rng(apply: Callable[[], Any], what: str) -> Any:
             fail(f"{what} asked for a 'dropout' RNG when called with deterministic=True: pass "
                  "`deterministic` on to nn.Dropout so that dropout is off at evaluation time.")
         raise
+
+
+def learner_function(fn: Any, name: str, positional: tuple[str, ...], keywords: tuple[str, ...] = ()) -> Any:
+    """`fn`, once it is known to accept the call the checks make: `positional` arguments then `keywords`
+    (else a sentence that shows the lesson's call next to the learner's definition)."""
+    import inspect
+
+    if not callable(fn):
+        fail(f"`{name}` should be a function, but it is a {type(fn).__name__}.")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # an object inspect cannot read: the call itself will tell
+        return fn
+    try:
+        signature.bind(*positional, **{k: None for k in keywords})
+    except TypeError:
+        wanted = ", ".join(positional + tuple(f"{k}=..." for k in keywords))
+        fail(f"{name} should accept ({wanted}), as the lesson says, but it is defined as {name}{signature}.")
+    return fn

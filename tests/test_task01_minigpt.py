@@ -6,7 +6,6 @@ causality, shapes, jit and dropout properties. A failure names its likely cause 
 wrong variants (post-norm, a missing residual, no causal mask, GELU, ...) from the same parameters.
 """
 
-import inspect
 
 import jax
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 from jaxgpt import checks, outcomes
 import oracles_gpt as og
+from module_checks import build as _build, own_params as _own_params, tree_of as _tree_of
 
 TASK = 1
 
@@ -37,50 +37,6 @@ def params(idx):
 @pytest.fixture(scope="module")
 def x():
     return np.random.default_rng(1).standard_normal((B, T, C)).astype(np.float32)  # (B, T, C) activations
-
-
-def _build(cls, **fields):
-    """The learner's module with the lesson's fields, and a sentence if its fields or call differ."""
-    try:
-        module = cls(**fields)
-    except TypeError as err:
-        checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
-                    f"({err}). Keep the fields the lesson names.")
-    _check_call_signature(cls)
-    return module
-
-
-def _check_call_signature(cls):
-    # A call that does not fit fails inside Flax, far from the learner's line; say it here, in their words.
-    takes_flag = cls.__name__ != "LayerNorm"
-    inputs = "idx" if cls.__name__ == "MiniGPT" else "x"
-    wanted = f"__call__(self, {inputs}, deterministic=True)" if takes_flag else "__call__(self, x)"
-    try:
-        signature = inspect.signature(cls.__call__)
-    except (TypeError, ValueError):
-        return
-    for args, kwargs in [((None, "x"), {})] + ([((None, "x"), {"deterministic": False})] if takes_flag else []):
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as err:
-            checks.fail(f"{cls.__name__}.__call__{signature} should be {wanted}, so that "
-                        f"apply(params, {inputs}) works as the lesson says ({err}).")
-
-
-_traced: dict = {}
-
-
-def _tree_of(module, *args):
-    """The learner's parameter tree, traced rather than computed (names and shapes are all that is read)."""
-    key = (type(module), repr(module), tuple(np.shape(a) for a in args))
-    if key not in _traced:
-        _traced[key] = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
-    return _traced[key]
-
-
-def _own_params(module, *args):
-    """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
-    return og.random_fill(_tree_of(module, *args), seed=2)
 
 
 def _tree_hints(shapes):

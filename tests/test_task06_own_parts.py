@@ -6,7 +6,6 @@ loaded into the learner's Block and MiniGPT; causality, jit and dropout properti
 cause by recomputing the usual wrong variants, and says when the wrong part is one from task 1 or task 5.
 """
 
-import inspect
 
 import jax
 import flax.linen as nn
@@ -15,6 +14,7 @@ import pytest
 
 from jaxgpt import checks, outcomes
 import oracles_gpt as og
+from module_checks import build as _build, own_params as _own_params, tree_of as _tree_of
 
 TASK = 6
 
@@ -45,50 +45,6 @@ def ln_params():
     rng = np.random.default_rng(3)
     return {"params": {"scale": (1 + 0.3 * rng.standard_normal(C)).astype(np.float32),
                        "bias": (0.3 * rng.standard_normal(C)).astype(np.float32)}}
-
-
-def _build(cls, **fields):
-    """The learner's module with the lesson's fields, and a sentence if its fields or call differ."""
-    try:
-        module = cls(**fields)
-    except TypeError as err:
-        checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
-                    f"({err}). Keep the fields the lesson names.")
-    _check_call_signature(cls)
-    return module
-
-
-def _check_call_signature(cls):
-    # A call that does not fit fails inside Flax, far from the learner's line; say it here, in their words.
-    takes_flag = cls.__name__ != "LayerNorm"
-    inputs = "idx" if cls.__name__ == "MiniGPT" else "x"
-    wanted = f"__call__(self, {inputs}, deterministic=True)" if takes_flag else "__call__(self, x)"
-    try:
-        signature = inspect.signature(cls.__call__)
-    except (TypeError, ValueError):
-        return
-    for args, kwargs in [((None, "x"), {})] + ([((None, "x"), {"deterministic": False})] if takes_flag else []):
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as err:
-            checks.fail(f"{cls.__name__}.__call__{signature} should be {wanted}, so that "
-                        f"apply(params, {inputs}) works as the lesson says ({err}).")
-
-
-_traced: dict = {}
-
-
-def _tree_of(module, *args):
-    """The learner's parameter tree, traced rather than computed (names and shapes are all that is read)."""
-    key = (type(module), repr(module), tuple(np.shape(a) for a in args))
-    if key not in _traced:
-        _traced[key] = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
-    return _traced[key]
-
-
-def _own_params(module, *args):
-    """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
-    return og.random_fill(_tree_of(module, *args), seed=2)
 
 
 def require_tree(module, args, expected, name):

@@ -1,0 +1,55 @@
+"""Checks shared by the suites of tasks 1 and 6, whose modules have the same fields, calls and trees:
+building the learner's module with the lesson's fields, and tracing its parameter tree."""
+
+import inspect
+
+import jax
+import numpy as np
+
+import oracles_gpt as og
+from jaxgpt import checks
+
+
+def build(cls, **fields):
+    """The learner's module with the lesson's fields, and a sentence if its fields or call differ."""
+    try:
+        module = cls(**fields)
+    except TypeError as err:
+        checks.fail(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())}) could not be built "
+                    f"({err}). Keep the fields the lesson names.")
+    check_call_signature(cls)
+    return module
+
+
+def check_call_signature(cls):
+    # A call that does not fit fails inside Flax, far from the learner's line; say it here, in their words.
+    takes_flag = cls.__name__ != "LayerNorm"
+    inputs = "idx" if cls.__name__ == "MiniGPT" else "x"
+    wanted = f"__call__(self, {inputs}, deterministic=True)" if takes_flag else "__call__(self, x)"
+    try:
+        signature = inspect.signature(cls.__call__)
+    except (TypeError, ValueError):
+        return
+    for args, kwargs in [((None, "x"), {})] + ([((None, "x"), {"deterministic": False})] if takes_flag else []):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as err:
+            checks.fail(f"{cls.__name__}.__call__{signature} should be {wanted}, so that "
+                        f"apply(params, {inputs}) works as the lesson says ({err}).")
+
+
+_TRACED: dict = {}  # (module, input shapes) -> its traced tree, so each tree is traced once
+
+
+def tree_of(module, *args):
+    """The learner's parameter tree, traced rather than computed (names and shapes are all that is read)."""
+    key = (type(module), repr(module), tuple(np.shape(a) for a in args))
+    if key not in _TRACED:
+        _TRACED[key] = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
+    return _TRACED[key]
+
+
+def own_params(module, *args):
+    """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
+    return og.random_fill(tree_of(module, *args), seed=2)
+
