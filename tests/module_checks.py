@@ -53,3 +53,29 @@ def own_params(module, *args):
     """Random parameters in the learner's own tree, for the checks of properties that hold whatever the tree."""
     return og.random_fill(tree_of(module, *args), seed=2)
 
+
+
+def missing_dropouts(calls, n_layer=None):
+    """Sentences for the lesson's dropout sites outside attn and ffwd that never ran in training.
+
+    `calls` is oracles_gpt.dropout_calls' list. With n_layer (a MiniGPT) the sites are the Dropout after the
+    embedding sum and each block's Dropout on the attention output; without it (a Block on its own) that one.
+    A Dropout inside 'attn' or 'ffwd' cannot stand in for them: those drop other things.
+    """
+    paths = [path.split("/") for path, _ in calls]
+
+    def block_has_own_dropout(prefix):
+        n = len(prefix)
+        return any(p[:n] == prefix and len(p) > n and p[n] not in ("attn", "ffwd") for p in paths)
+
+    after_attention = ("no dropout on the attention output: the block adds "
+                       "nn.Dropout(dropout_rate)(attn(ln1(x))) to x, not attn(ln1(x)) itself")
+    if n_layer is None:
+        return [] if block_has_own_dropout([]) else [after_attention]
+    missing = []
+    if all(p[0].startswith("blocks_") for p in paths):
+        missing.append("no dropout after the embedding sum: x = nn.Dropout(dropout_rate)(tok + pos) goes into "
+                       "the blocks")
+    missing += [f"in blocks_{i}, {after_attention}" for i in range(n_layer)
+                if not block_has_own_dropout([f"blocks_{i}"])]
+    return missing

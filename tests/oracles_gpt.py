@@ -98,13 +98,14 @@ def feed_forward(p, x, activation: Callable[[Any], Any] = nn.relu):
     return h @ p["proj"]["kernel"] + p["proj"]["bias"]  # (B, T, C)
 
 
-def block(p, x, n_head: int, *, norm: str = "pre", residual: str = "both", residual_of_normed: bool = False,
+def block(p, x, n_head: int, *, norm: str = "pre", residual: str = "both", residual_of_normed: bool | str = False,
           causal: bool = True, activation: Callable[[Any], Any] = nn.relu,
           attention: Callable[[Any, Any], Any] | None = None, ffwd: Callable[[Any, Any], Any] | None = None,
           ln: Callable[[Any, Any], Any] = layer_norm):
     """One block. norm: "pre" (x + f(ln(x)), the lesson's) or "post" (ln(x + f(x)), the 2017 paper's);
     residual: "both", "attn" (only around attention), "ffwd" (only around the MLP) or "none";
-    residual_of_normed: the skip path starts from ln(x) instead of x; attention(p_attn, h),
+    residual_of_normed: the skip paths start from ln(x) instead of x (True: both; "ffwd": only the
+    feed-forward's, as when x = ln2(x) overwrites x before the second residual); attention(p_attn, h),
     ffwd(p_ffwd, h) and ln(p_ln, h) replace Flax's attention, the ReLU MLP and Flax's LayerNorm (with a
     learner's own layers, say, to tell which part is wrong)."""
     attend = attention or (lambda pa, h: self_attention(pa, h, n_head, causal))
@@ -114,9 +115,9 @@ def block(p, x, n_head: int, *, norm: str = "pre", residual: str = "both", resid
         x = ln(p["ln1"], (x if keep_attn else 0) + attend(p["attn"], x))
         return ln(p["ln2"], (x if keep_ffwd else 0) + mlp(p["ffwd"], x))
     h = ln(p["ln1"], x)
-    x = (h if residual_of_normed else x if keep_attn else 0) + attend(p["attn"], h)
+    x = (h if residual_of_normed is True else x if keep_attn else 0) + attend(p["attn"], h)
     h = ln(p["ln2"], x)
-    return (h if residual_of_normed else x if keep_ffwd else 0) + mlp(p["ffwd"], h)
+    return (h if residual_of_normed in (True, "ffwd") else x if keep_ffwd else 0) + mlp(p["ffwd"], h)
 
 
 def gpt(p, idx, n_head: int, *, positions: bool = True, final_norm: bool = True,
@@ -146,6 +147,8 @@ def block_mistakes(mask_advice: str = "") -> list[tuple[str, dict]]:
         ("the residual connection around attention is missing: x = x + attn(ln1(x)).", dict(residual="ffwd")),
         ("the residual is added to the normalised x (x = ln1(x); x = x + attn(x)); keep x itself on the skip "
          "path: x = x + attn(ln1(x)).", dict(residual_of_normed=True)),
+        ("the feed-forward's residual is added to the normalised x (x = ln2(x); x = x + ffwd(x)); keep x itself "
+         "on the skip path: x = x + ffwd(ln2(x)).", dict(residual_of_normed="ffwd")),
         ("attention has no causal mask, so every position sees the future" + (f": {mask_advice}" if mask_advice
                                                                               else "."), dict(causal=False)),
         ("the feed-forward uses GELU (as nanoGPT does); this lesson's uses ReLU, as in the video.",

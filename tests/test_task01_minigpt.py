@@ -13,7 +13,7 @@ import pytest
 
 from jaxgpt import checks, outcomes
 import oracles_gpt as og
-from module_checks import build as _build, own_params as _own_params, tree_of as _tree_of
+from module_checks import build as _build, missing_dropouts, own_params as _own_params, tree_of as _tree_of
 
 TASK = 1
 
@@ -118,6 +118,25 @@ def test_feedforward_output(impl, params, x):
          lambda: np.maximum(og.feed_forward(p, x64, lambda h: h), 0.0)),
     ])
     checks.assert_close(out, expected, "FeedForward's output", **TOL, diagnose=diagnose)
+
+
+def test_feedforward_dropout_after_proj(impl, params, x):
+    """In training FeedForward's dropout acts on its output: each value is 0 or the deterministic one / (1 - rate)"""
+    rate = 0.5
+    ffwd = _build(impl.FeedForward, n_embd=C, dropout_rate=rate)
+    p = {"params": params["params"]["blocks_0"]["ffwd"]}
+    require_tree(ffwd, (x,), p, "FeedForward")
+    quiet = np.asarray(checks.without_dropout_rng(lambda: ffwd.apply(p, x), "FeedForward"))
+    noisy = np.asarray(ffwd.apply(p, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
+    if np.allclose(noisy, quiet):
+        checks.fail("with deterministic=False and dropout_rate=0.5 FeedForward's output did not change: apply "
+                    "nn.Dropout(dropout_rate) to proj's output and pass it `deterministic`.")
+    kept = noisy != 0.0
+    if kept.all() or not np.allclose(noisy[kept], quiet[kept] / (1 - rate), rtol=1e-4, atol=1e-5):
+        checks.fail("with deterministic=False FeedForward's outputs should each be 0 or the deterministic value "
+                    "divided by (1 - dropout_rate), which is what dropout on proj's output gives.\n  Likely cause: "
+                    "the dropout sits before proj; the order is fc, ReLU, proj, then Dropout (the video's "
+                    "nn.Sequential ends with nn.Dropout).")
 
 
 # --- Block --------------------------------------------------------------------------------------------------
@@ -248,6 +267,10 @@ def test_dropout_in_training(impl, idx):
         checks.fail(f"MiniGPT was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
                     "deterministic=True, so dropout stays off there in training: pass `deterministic` on to "
                     "every Block, FeedForward, nn.Dropout and the attention layer.")
+    missing = missing_dropouts(calls, FIELDS["n_layer"])
+    if missing:
+        checks.fail("with deterministic=False a dropout of the lesson's model never ran.\n  Likely cause: "
+                    + "; ".join(missing[:2]) + ".")
     quiet = np.asarray(model.apply(params, idx))
     noisy, again, other = (np.asarray(training(params, idx, jax.random.key(k))) for k in (3, 3, 4))
     if np.allclose(noisy, quiet):

@@ -80,6 +80,8 @@ def _diagnose(x, way: str):
         (WAYS, "the mean runs over the channels as well as the positions: average x[b, :t+1] over the time "
                "axis only (axis=0 of that (t+1, C) slice).",
          lambda: np.broadcast_to((running_sum / count).mean(axis=-1, keepdims=True), x.shape)),
+        (WAYS, "the running sum runs over the batch axis: jnp.cumsum(x, axis=0) adds up batch rows; the "
+               "prefix runs over time, axis=1.", lambda: np.cumsum(x, axis=0) / count),
         (WAYS, "position t averages x[0..t-1] and leaves itself out (position 0 then averages nothing, which "
                "is NaN): the prefix is x[b, :t+1].", without_self),
         (("causal_mean_softmax",), "the mask is inverted: -inf on and below the diagonal keeps only the "

@@ -55,8 +55,16 @@ def _diagnose(params, x):
         ("the mask keeps the upper triangle: position t should see 0..t (jnp.tril), not t..T-1.",
          dict(scale=HS**-0.5, mask="upper")),
     ]
-    return checks.diagnose_from(
-        (why, lambda kw=kw: oracles.causal_attention(q, k, v, **kw)) for why, kw in variants)
+    candidates = [(why, lambda kw=kw: oracles.causal_attention(q, k, v, **kw)) for why, kw in variants]
+    candidates += [
+        ("the scores are divided by head_size; the factor is 1 / sqrt(head_size), head_size ** -0.5.",
+         lambda: oracles.causal_attention(q, k, v, scale=1.0 / HS)),
+        ("head_size ** -0.5 multiplies the weights after the softmax; it should scale the scores before it.",
+         lambda: HS**-0.5 * oracles.causal_attention(q, k, v, scale=1.0)),
+        ("the weights multiply the keys (wei @ k); the head's output is wei @ v, a mix of the values.",
+         lambda: oracles.causal_attention(q, k, k, scale=HS**-0.5)),
+    ]
+    return checks.diagnose_from(candidates)
 
 
 def test_parameter_tree(impl, x):
@@ -144,3 +152,12 @@ def test_dropout(impl, x):
     if partly_zero_rows.any():
         checks.fail("some output rows are partly zero: dropout seems to act on the head's output; in this "
                     "lesson it acts on the attention weights (wei), before they multiply v.")
+    # Dropout's mask depends on the key, not on x, so with one key changing the last token must leave the
+    # earlier positions as they were, in training as well as in evaluation.
+    changed = x.at[:, -1].add(1.0)
+    noisy_changed = head.apply(params, changed, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    if not np.allclose(np.asarray(noisy_changed)[:, :-1], np.asarray(noisy)[:, :-1], rtol=1e-5, atol=1e-6):
+        checks.fail("with deterministic=False (same dropout key), changing the last token changed the earlier "
+                    "positions: in training the future leaks in.\n  Likely cause: dropout is applied to the "
+                    "scores before the softmax, so it turns some -inf entries into 0 and the future gets "
+                    "weight; apply it to wei after the softmax.")

@@ -172,12 +172,21 @@ def _split_d_h(params, x):  # features split as (D, H), head-minor, instead of (
     return flat @ _f64(p["out"]["kernel"]).reshape(C, C) + _f64(p["out"]["bias"])
 
 
+def _keys_summed(params, x):  # wei applied to k instead of v
+    q, k, _ = (_by_head(a) for a in _projections(params, x))
+    return _merge(params, _by_head(oracles.causal_attention(q, k, k, scale=D**-0.5)))
+
+
 def _diagnose(params, x):
     candidates = [
         ("the scores are scaled by C ** -0.5 (the embedding width); scale by the head dimension, "
          "D ** -0.5 with D = C // num_heads.", lambda: _attention(params, x, scale=C**-0.5)),
         ("the scores are not scaled; multiply them by D ** -0.5, D = C // num_heads.",
          lambda: _attention(params, x, scale=1.0)),
+        ("the scores are multiplied by sqrt(D); the factor is D ** -0.5, D = C // num_heads.",
+         lambda: _attention(params, x, scale=D**0.5)),
+        ("the weights sum the keys ('bhts,bshd->bthd' with k); the weighted sum is over the values v.",
+         lambda: _keys_summed(params, x)),
         ("the causal mask is missing: every position attends to the future.",
          lambda: _attention(params, x, mask=None)),
         ("the mask keeps the upper triangle: position t should see 0..t (jnp.tril), not t..T-1.",
@@ -316,3 +325,11 @@ def test_dropout(impl, x):
     if (noisy == 0.0).mean() > 0.2:
         checks.fail("about half of the outputs are exactly zero: dropout seems to act on the layer's output; "
                     "here, as in Flax's layer, it acts on the attention weights, before they multiply v.")
+    # Dropout's mask depends on the key, not on x, so with one key changing the last token must leave the
+    # earlier positions as they were, in training as well as in evaluation.
+    changed = _apply(attn, params, x.at[:, -1].add(1.0), deterministic=False, rngs={"dropout": jax.random.key(3)})
+    if not np.allclose(np.asarray(changed)[:, :-1], noisy[:, :-1], rtol=1e-5, atol=1e-6):
+        checks.fail("with deterministic=False (same dropout key), changing the last token changed the earlier "
+                    "positions: in training the future leaks in.\n  Likely cause: dropout is applied to the "
+                    "scores before the softmax, so it turns some -inf entries into 0 and the future gets "
+                    "weight; apply it to the weights after the softmax.")

@@ -14,7 +14,7 @@ import pytest
 
 from jaxgpt import checks, outcomes
 import oracles_gpt as og
-from module_checks import build as _build, own_params as _own_params, tree_of as _tree_of
+from module_checks import build as _build, missing_dropouts, own_params as _own_params, tree_of as _tree_of
 
 TASK = 6
 
@@ -264,12 +264,16 @@ def test_block_dropout(impl, x):
     checks.assert_close(quiet, _build(impl.Block, n_embd=C, n_head=H).apply(p, x),
                         "Block's output with dropout_rate=0.5 and deterministic=True", rtol=1e-6, atol=1e-6)
     training = jax.jit(lambda key: block.apply(p, x, deterministic=False, rngs={"dropout": key}))
-    ignored = [path for path, deterministic in og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
-               if deterministic]
+    calls = og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
+    ignored = [path for path, deterministic in calls if deterministic]
     if ignored:
         checks.fail(f"Block was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
                     "deterministic=True, so dropout stays off there in training: pass `deterministic` on to the "
                     "attention, the FeedForward and every nn.Dropout.")
+    missing = missing_dropouts(calls)
+    if missing:
+        checks.fail(f"with deterministic=False Block ran dropout only inside attn and ffwd.\n  Likely cause: "
+                    f"{missing[0]}.")
     if np.allclose(training(jax.random.key(3)), quiet):
         checks.fail("with deterministic=False and dropout_rate=0.5 Block's output did not change: is dropout "
                     "applied, and does every layer receive `deterministic`?")
@@ -347,12 +351,16 @@ def test_dropout(impl, idx):
     checks.assert_close(quiet, _build(impl.MiniGPT, **FIELDS).apply(p, idx),
                         "the logits with dropout_rate=0.5 and the default deterministic", rtol=1e-6, atol=1e-6)
     training = jax.jit(lambda key: model.apply(p, idx, deterministic=False, rngs={"dropout": key}))
-    ignored = [path for path, deterministic in og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
-               if deterministic]
+    calls = og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
+    ignored = [path for path, deterministic in calls if deterministic]
     if ignored:
         checks.fail(f"MiniGPT was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
                     "deterministic=True, so dropout stays off there in training: pass `deterministic` on to every "
                     "Block and from there to every layer.")
+    missing = missing_dropouts(calls, FIELDS["n_layer"])
+    if missing:
+        checks.fail("with deterministic=False a dropout of the lesson's model never ran.\n  Likely cause: "
+                    + "; ".join(missing[:2]) + ".")
     noisy, again, other = (np.asarray(training(jax.random.key(k))) for k in (3, 3, 4))
     if np.allclose(noisy, quiet):
         checks.fail("with deterministic=False and dropout_rate=0.5 the logits did not change: is dropout applied, "

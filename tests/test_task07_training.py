@@ -141,6 +141,12 @@ def _diagnose_loss(logits, targets):
          lambda: -picked.sum() / (B * V)),
         ("the softmax is normalised over the wrong axis: normalise over the vocabulary, axis=-1.",
          lambda: -_picked(_log_softmax64(logits, axis=1), targets).mean()),
+        ("the loss is summed over time and averaged over the batch only: average over all B * T positions.",
+         lambda: -picked.sum(axis=1).mean()),
+        ("the loss is summed over the batch and averaged over time only: average over all B * T positions.",
+         lambda: -picked.sum(axis=0).mean()),
+        ("there is no log-softmax: the target's raw logit is used; take it from "
+         "jax.nn.log_softmax(logits, axis=-1).", lambda: -_picked(np.asarray(logits, np.float64), targets).mean()),
     ])
 
 
@@ -348,6 +354,9 @@ def test_create_train_state_optimizer(impl):
             ("the optimiser is optax.adam, which has no weight decay: use optax.adamw.",
              lambda: two_steps(optax.adam(learning_rate))),
             ("the optimiser is plain SGD: use optax.adamw.", lambda: two_steps(optax.sgd(learning_rate))),
+            *[("the learning_rate argument is not passed on to optax.adamw: it is fixed at the video's "
+               f"{fixed}.", lambda fixed=fixed: two_steps(optax.adamw(fixed, weight_decay=weight_decay)))
+              for fixed in (1e-3, 3e-4)],
         ])
 
 
@@ -578,3 +587,34 @@ def test_train_fresh_batch_each_step(impl):
         checks.fail(f"every step had the same loss ({losses[0]:.6f}). The model has no dropout and the learning "
                     "rate is 0, so only the batch can differ. Likely cause: every step trains on the same batch: "
                     "split a fresh batch key from `key` each step and pass it to get_batch.")
+
+
+_SEEN_BY_MODEL = []  # (dropout key data, x) for each training call of the recording model below
+
+
+def _recording_apply(variables, x, *args, rngs=None, **kwargs):
+    """DROPPY.apply that also notes the dropout key and the batch each training call receives."""
+    if rngs and "dropout" in rngs:
+        key = rngs["dropout"]
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        jax.debug.callback(lambda k, batch: _SEEN_BY_MODEL.append((np.asarray(k), np.asarray(batch))), data, x)
+    return DROPPY.apply(variables, x, *args, rngs=rngs, **kwargs)
+
+
+def test_train_batch_and_dropout_keys_differ(impl):
+    """train draws the batch and the dropout mask with different keys, both split from key"""
+    state = _oracle_state(DROPPY, FROZEN).replace(apply_fn=_recording_apply)
+    _SEEN_BY_MODEL.clear()
+    _call_train(impl, state, RANDOM_TOKENS, jax.random.key(16), 3)
+    jax.effects_barrier()  # every callback has run
+    seen = list(_SEEN_BY_MODEL)
+    # get_batch with the key that reached dropout gives the very batch the step trained on only if one key
+    # served both: a key must be used once (split it instead).
+    same = [np.array_equal(np.asarray(get_batch(jax.random.wrap_key_data(k), RANDOM_TOKENS, B, T)[0]), batch)
+            for k, batch in seen]
+    if seen and all(same):
+        checks.fail("every step's batch is the one get_batch draws with that step's dropout key: one key served "
+                    "both the batch and dropout.\n  Likely cause: the same subkey is given to get_batch and to "
+                    "train_step; a JAX key is used once, so split one for each: "
+                    "key, batch_key, dropout_key = jax.random.split(key, 3).")
+

@@ -258,6 +258,10 @@ def _assert_frequencies(fn, name, temperature, top_k):
     ]
     if top_k is not None:
         variants.append(("top_k is ignored: keep only the top_k largest logits.", FIXED_LOGITS / temperature))
+    if top_k is not None and top_k > 1:
+        variants.append(("only k - 1 tokens are kept: the k-th largest logit is masked too (logits <= kth); mask "
+                         "only the logits strictly below it (logits < kth).",
+                         _top_k_filtered(FIXED_LOGITS / temperature, top_k - 1)))
     why = next((w for w, z in variants if np.abs(got - _softmax(z)).max() <= TOLERANCE), None)
     if np.abs(got - expected).max() > TOLERANCE:
         checks.fail(f"with {setting}, {name}'s tokens should follow softmax(logits / temperature)"

@@ -1,0 +1,32 @@
+"""Task 2: the averaging trick, three ways."""
+
+CORRECT = "the matmul version as a running sum: jnp.cumsum over time divided by the counts 1..T"
+
+import jax
+import jax.numpy as jnp
+
+
+def causal_mean_loop(x):
+    """out[b, t] = mean of x[b, 0..t], with Python loops over b and t (the video's xbow).
+    x (B, T, C) -> (B, T, C)."""
+    B, T, C = x.shape
+    rows = []
+    for b in range(B):
+        rows.append(jnp.stack([x[b, : t + 1].mean(axis=0) for t in range(T)]))  # (T, C)
+    return jnp.stack(rows)
+
+
+def causal_mean_matmul(x):
+    """The same with one matmul by a lower-triangular weight matrix whose rows sum to 1 (xbow2)."""
+    T = x.shape[1]
+    counts = jnp.arange(1, T + 1)[:, None]  # (T, 1)
+    return jnp.cumsum(x, axis=1) / counts  # (B, T, C)
+
+
+def causal_mean_softmax(x):
+    """The same with a masked softmax: zeros on and below the diagonal, -inf above, softmax (xbow3)."""
+    T = x.shape[1]
+    tril = jnp.tril(jnp.ones((T, T)))
+    wei = jnp.where(tril == 0, -jnp.inf, jnp.zeros((T, T)))
+    wei = jax.nn.softmax(wei, axis=-1)  # (T, T)
+    return wei @ x
