@@ -137,8 +137,10 @@ def run_suite(task: int | catalog.Task, impl: Any = "tasks", timeout_s: float = 
         raise FileNotFoundError(
             f"{task.test_file} is missing. The checks live in the repository's tests/ folder: install the "
             "challenge from a clone with `pip install -e .` so that they can be found.")
-    args = [str(task.test_file), "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:faulthandler", "--capture=no", "--tb=native",
-            "-o", f"timeout={timeout_s:g}", f"--rootdir={catalog.REPO_ROOT}",
+    # --tb=native: pytest's own long tracebacks of chained JAX errors cost seconds, and the learner never sees
+    # them (outcomes.classify writes the sentence).
+    args = [str(task.test_file), "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:faulthandler",
+            "--capture=no", "--tb=native", "-o", f"timeout={timeout_s:g}", f"--rootdir={catalog.REPO_ROOT}",
             "-c", str(catalog.REPO_ROOT / "pyproject.toml"), "-W", "ignore::DeprecationWarning"]
     if keyword:
         args += ["-k", keyword]

@@ -1,5 +1,6 @@
 """Checks shared by the suites of tasks 1 and 6, whose modules have the same fields, calls and trees:
-building the learner's module with the lesson's fields, and tracing its parameter tree."""
+building the learner's module with the lesson's fields, tracing its parameter tree, and running MiniGPT
+(plainly and under jax.jit) with a sentence for the usual ways that fails."""
 
 import inspect
 
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 
 import oracles_gpt as og
-from jaxgpt import checks
+from jaxgpt import checks, outcomes
 
 
 def build(cls, **fields):
@@ -79,3 +80,34 @@ def missing_dropouts(calls, n_layer=None):
     missing += [f"in blocks_{i}, {after_attention}" for i in range(n_layer)
                 if not block_has_own_dropout([f"blocks_{i}"])]
     return missing
+
+def require_tree(module, args, expected, name):
+    """A check that loads the oracle's parameters needs the lesson's tree; if it is not, one line says so."""
+    if checks.tree_shapes(tree_of(module, *args)) != checks.tree_shapes(expected):
+        checks.fail(f"not checked: {name}'s parameter tree is not the lesson's, so the shared parameters cannot be "
+                    f"loaded into it (the parameter-tree check says what differs).")
+
+
+def logits(model, params, idx, **kwargs):
+    out = checks.without_dropout_rng(lambda: model.apply(params, idx, **kwargs), "MiniGPT")
+    if isinstance(out, (tuple, list)):
+        checks.fail(f"MiniGPT returns a {type(out).__name__} of {len(out)} items; it should return the logits "
+                    "alone, (B, T, vocab_size). (The video's forward also takes targets and returns the loss; here "
+                    "the loss is task 7's.)")
+    return out
+
+
+def jitted_logits(model, params, idx, block_size):
+    """The learner's logits under jax.jit, with a sentence for the two usual ways that fails."""
+    try:
+        return jax.jit(lambda p, i: model.apply(p, i))(params, idx)
+    except Exception as err:
+        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        where = outcomes.learner_frame(err)
+        first_line += f", at {where}" if where else ""
+        if "Tracer" in type(err).__name__ or "Concretization" in type(err).__name__:
+            checks.fail(f"MiniGPT fails under jax.jit ({first_line}). Inside jit the arrays are abstract: a Python "
+                        "`if`, `int()` or `.item()` on one cannot work; shapes (idx.shape) are fine.")
+        checks.fail(f"MiniGPT fails on a batch of T={idx.shape[1]} tokens, shorter than block_size={block_size} "
+                    f"({first_line}). Is T taken from idx.shape, and are the positions jnp.arange(T) rather than "
+                    "the whole block_size?")

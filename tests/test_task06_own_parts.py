@@ -12,9 +12,10 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks, outcomes
+from jaxgpt import checks
 import oracles_gpt as og
-from module_checks import build as _build, missing_dropouts, own_params as _own_params, tree_of as _tree_of
+from module_checks import build as _build, jitted_logits, logits as _logits, missing_dropouts
+from module_checks import own_params as _own_params, require_tree, tree_of as _tree_of
 
 TASK = 6
 
@@ -45,21 +46,6 @@ def ln_params():
     rng = np.random.default_rng(3)
     return {"params": {"scale": (1 + 0.3 * rng.standard_normal(C)).astype(np.float32),
                        "bias": (0.3 * rng.standard_normal(C)).astype(np.float32)}}
-
-
-def require_tree(module, args, expected, name):
-    """A check that loads shared parameters needs the lesson's tree; if it is not, one line says so."""
-    if checks.tree_shapes(_tree_of(module, *args)) != checks.tree_shapes(expected):
-        checks.fail(f"not checked: {name}'s parameter tree is not the one the lesson fixes, so the shared "
-                    "parameters cannot be loaded into it (the parameter-tree check says what differs).")
-
-
-def _logits(model, params, idx, **kwargs):
-    logits = checks.without_dropout_rng(lambda: model.apply(params, idx, **kwargs), "MiniGPT")
-    if isinstance(logits, (tuple, list)):
-        checks.fail(f"MiniGPT returns a {type(logits).__name__} of {len(logits)} items; it should return the logits "
-                    "alone, (B, T, vocab_size), as task 1's does.")
-    return logits
 
 
 # --- LayerNorm ----------------------------------------------------------------------------------------------
@@ -314,28 +300,12 @@ def test_causal(impl, idx, x):
                         f"  Likely cause: {_why_positions_mix(impl, x, position)}")
 
 
-def jitted_logits(model, params, idx):
-    """The learner's logits under jax.jit, with a sentence for the two usual ways that fails."""
-    try:
-        return jax.jit(lambda p, i: model.apply(p, i))(params, idx)
-    except Exception as err:
-        first_line = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-        where = outcomes.learner_frame(err)
-        first_line += f", at {where}" if where else ""
-        if "Tracer" in type(err).__name__ or "Concretization" in type(err).__name__:
-            checks.fail(f"MiniGPT fails under jax.jit ({first_line}). Inside jit the arrays are abstract: a Python "
-                        "`if`, `int()` or `.item()` on one cannot work; shapes (x.shape) are fine.")
-        checks.fail(f"MiniGPT fails on a batch of T={idx.shape[1]} tokens, shorter than block_size={BLOCK_SIZE} "
-                    f"({first_line}). Is T taken from idx.shape, and are the positions jnp.arange(T) rather than "
-                    "the whole block_size?")
-
-
 def test_shorter_sequences_under_jit(impl, params, idx):
     """Works under jax.jit, and for T shorter than block_size"""
     model = _build(impl.MiniGPT, **FIELDS)
     require_tree(model, (idx,), params, "MiniGPT")
     t = 5
-    logits = jitted_logits(model, params, idx[:, :t])
+    logits = jitted_logits(model, params, idx[:, :t], BLOCK_SIZE)
     checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
     # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
     expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))[:, :t]
