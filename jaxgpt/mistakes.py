@@ -15,12 +15,13 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from jaxgpt import catalog, grading, outcomes
+from jaxgpt import catalog, differential, grading, outcomes
 
 
 @dataclasses.dataclass
@@ -85,6 +86,8 @@ def run(task: catalog.Task) -> dict[str, dict]:
     results = {}
     with tempfile.TemporaryDirectory(prefix="jaxgpt-catalogue-") as tmp:
         for entry in entries(task):
+            # An entry may not diagnose itself through the catalogue table (jaxgpt/differential.py).
+            os.environ[differential.EXCLUDE_ENV] = str(entry.path)
             verdict = grading.run_suite(task, overlay(entry, Path(tmp)), timeout_s=120)
             results[entry.id] = {"problem": judge(entry, verdict), "status": verdict.status,
                                  "seconds": round(verdict.seconds, 2)}

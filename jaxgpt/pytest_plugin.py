@@ -48,6 +48,19 @@ def impl(request) -> implementation.TaskView:
     return _configured_implementation(request.config).for_task(task)
 
 
+_REFERENCE: list = []
+
+
+@pytest.fixture
+def reference(request) -> implementation.TaskView:
+    """The same task's names from reference/: the other side of the reference-differential checks
+    (jaxgpt/differential.py). Imported once per process."""
+    task = task_of(request.node)
+    if not _REFERENCE:
+        _REFERENCE.append(implementation.resolve("reference"))
+    return _REFERENCE[0].for_task(task)
+
+
 @pytest.fixture(autouse=True)
 def _highest_matmul_precision():
     # GPUs default to TF32 and TPUs to bfloat16 passes for float32 matmuls; checks compare in full float32.
