@@ -25,12 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgpt import settings
+
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINY_SHAKESPEARE_CHARS = 1_115_394
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "jaxgpt" / "tinyshakespeare"
 DOWNLOAD_TIMEOUT_S = 30.0
-ENV_VAR = "JAXGPT_DATA"
+ENV_VAR = settings.DATA
 
 
 class DataError(Exception):
@@ -55,7 +57,7 @@ def load_text(path: str | os.PathLike | None = None, *, cache_dir: str | os.Path
     """
     if path is not None:
         return _read_text_file(Path(path).expanduser(), "the path given to load_text")
-    env_path = os.environ.get(ENV_VAR, "").strip()
+    env_path = settings.data_path()
     if env_path:
         return _read_text_file(Path(env_path).expanduser(), f"the {ENV_VAR} environment variable")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -406,19 +405,19 @@ def assert_same_dropout(learner, reference, variables, args: tuple, what: str, r
 # --- The catalogue as a diagnosis table ----------------------------------------------------------------------
 
 _CATALOGUE_CACHE: dict = {}
-EXCLUDE_ENV = "JAXGPT_CATALOGUE_EXCLUDE"  # the entry being graded, so that it cannot diagnose itself
+
 
 
 def catalogue_diagnosis(task, build: Callable[[Any], Any], variables, args: tuple, got: Any) -> str | None:
     """The DIAGNOSIS (or MISTAKE) of the first catalogued mistake of `task` whose module, built by
     `build(view)` from that entry's implementation and run on the same parameters and input, gives exactly
     the learner's output. A cause said this way has been recomputed, not guessed."""
-    from jaxgpt import mistakes
+    from jaxgpt import settings
 
     got = _numpy(got)
     if got is None:
         return None
-    excluded = os.environ.get(EXCLUDE_ENV, "")
+    excluded = settings.catalogue_exclude()
     for entry, view in _catalogue_views(task):
         if str(entry.path) == excluded or entry.kind != "mistake":
             continue

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jaxgpt import catalog, differential, grading, outcomes
+from jaxgpt import catalog, grading, outcomes, settings
 
 
 @dataclasses.dataclass
@@ -87,7 +87,7 @@ def run(task: catalog.Task) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="jaxgpt-catalogue-") as tmp:
         for entry in entries(task):
             # An entry may not diagnose itself through the catalogue table (jaxgpt/differential.py).
-            os.environ[differential.EXCLUDE_ENV] = str(entry.path)
+            os.environ[settings.CATALOGUE_EXCLUDE] = str(entry.path)
             verdict = grading.run_suite(task, overlay(entry, Path(tmp)), timeout_s=120)
             results[entry.id] = {"problem": judge(entry, verdict), "status": verdict.status,
                                  "seconds": round(verdict.seconds, 2)}

@@ -5,12 +5,9 @@ Loaded by `tests/conftest.py`, so plain `pytest`, the command line and the noteb
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from jaxgpt import catalog, implementation, outcomes
+from jaxgpt import catalog, implementation, outcomes, settings
 
 
 
@@ -28,7 +25,7 @@ def _configured_implementation(config) -> implementation.Implementation:
             return plugin.implementation
     cached = getattr(config, "_jaxgpt_implementation", None)
     if cached is None:
-        spec = config.getoption("--impl") or os.environ.get("JAXGPT_IMPL") or "reference"
+        spec = config.getoption("--impl") or settings.impl_spec() or "reference"
         cached = implementation.resolve(spec)
         config._jaxgpt_implementation = cached
     return cached
@@ -78,8 +75,8 @@ def pytest_configure(config):
     if "jax_disable_most_optimizations" in jax.config.values:
         config._jaxgpt_saved_optimizations = jax.config.values["jax_disable_most_optimizations"]
         jax.config.update("jax_disable_most_optimizations", True)
-    cache_dir = os.environ.get("JAXGPT_XLA_CACHE", str(Path.home() / ".cache" / "jaxgpt" / "xla"))
-    if cache_dir and cache_dir != "off":
+    cache_dir = settings.xla_cache_dir()
+    if cache_dir:
         try:
             jax.config.update("jax_compilation_cache_dir", cache_dir)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -1,12 +1,19 @@
-"""Switches read from the environment, so that CI can run the notebook and commands in seconds.
+"""Every `JAXGPT_*` environment variable, read here and nowhere else.
 
-JAXGPT_SMOKE=1   the notebook is being tested: training cells run a handful of steps.
-JAXGPT_DATA=PATH a local copy of tiny Shakespeare (or any text) to read instead of downloading.
+JAXGPT_SMOKE=1            the notebook is being tested: training cells run a handful of steps.
+JAXGPT_DATA=PATH          a local copy of tiny Shakespeare (or any text) to read instead of downloading.
+JAXGPT_IMPL=SPEC          what plain pytest grades when --impl is not given (default: reference).
+JAXGPT_XLA_CACHE=DIR|off  the persistent compilation cache of the checks (default ~/.cache/jaxgpt/xla).
+JAXGPT_CATALOGUE_EXCLUDE  set by the catalogue runner: the entry being graded, which may not diagnose itself.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+DATA = "JAXGPT_DATA"
+CATALOGUE_EXCLUDE = "JAXGPT_CATALOGUE_EXCLUDE"
 
 
 def smoke() -> bool:
@@ -16,3 +23,22 @@ def smoke() -> bool:
 def steps(full: int, smoke_steps: int = 5) -> int:
     """`full` steps normally, `smoke_steps` when the notebook runs under test."""
     return smoke_steps if smoke() else full
+
+
+def data_path() -> str:
+    """The text named by JAXGPT_DATA, or "" when it is not set."""
+    return os.environ.get(DATA, "").strip()
+
+
+def impl_spec() -> str | None:
+    return os.environ.get("JAXGPT_IMPL") or None
+
+
+def xla_cache_dir() -> str | None:
+    """Where checks keep compiled programs between processes; None when switched off."""
+    value = os.environ.get("JAXGPT_XLA_CACHE", str(Path.home() / ".cache" / "jaxgpt" / "xla"))
+    return None if value in ("", "off") else value
+
+
+def catalogue_exclude() -> str:
+    return os.environ.get(CATALOGUE_EXCLUDE, "")

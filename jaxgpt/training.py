@@ -258,19 +258,39 @@ def _steps_per_call(wanted: int, train: TrainConfig) -> int:
 # The run
 
 
-def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str | None = None,
-          data_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-          progress: bool = True, steps_per_call: int = 10, log: Callable[[str], None] | None = None
-          ) -> History:
-    """Trains `config` and returns its History; with out_dir, saves checkpoints and history.json there.
+@dataclasses.dataclass
+class Run:
+    """A run ready to go: the model, its data on the device, its compiled steps, and the state they change."""
+
+    config: Config
+    task: int
+    impl_label: str
+    tokenizer: Any
+    model: Any
+    params: Any
+    opt_state: Any
+    train_data: Any
+    eval_data: Any
+    train_steps: Callable  # (params, opt_state, data, key, first_step) -> (params, opt_state, losses)
+    evaluate: Callable  # (params, train_data, eval_data, key) -> (train_loss, eval_loss)
+    steps_per_call: int
+    train_key: Any
+    eval_key: Any
+    history: History
+    started: float  # time.perf_counter() when preparing began: wall_seconds counts from there
+    step: int = 0
+
+
+def prepare(config: Config, *, impl: Any = "reference", task: int = 1, text: str | None = None,
+            data_path: str | os.PathLike | None = None, steps_per_call: int = 10) -> Run:
+    """Reads the text, builds the model from `impl` and initialises it and the optimiser: a `Run` at step 0.
 
     text: the text to train on; default load_text(data_path) (tiny Shakespeare, or the file named).
     Raises TrainingError (an unfinished or broken model, a text too short), ConfigError, data.DataError.
     """
     import jax
-    from tqdm.auto import tqdm
 
-    from jaxgpt import checkpoint, data
+    from jaxgpt import data
     from jaxgpt.tokenizer import CharTokenizer
 
     started = time.perf_counter()
@@ -291,89 +311,120 @@ def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str |
     init_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(train_cfg.seed), 3)
     params = init_params(model, config, init_key, task)
     tx = make_optimizer(train_cfg)
-    opt_state = tx.init(params)
     k = _steps_per_call(steps_per_call, train_cfg)
-    train_steps = make_train_steps(model, tx, config, k)
-    evaluate = make_evaluate(model, config)
-    train_data, eval_data = jax.device_put(train_ids), jax.device_put(eval_ids)
-
     history = History(config=config.to_dict(), impl=impl_label, task=int(task), n_params=count_params(params),
                       params=params, tokenizer=tokenizer)
-    out = Path(out_dir) if out_dir is not None else None
-    say = log or tqdm.write
-    tokens_per_step = train_cfg.batch_size * T
-    source = {"impl": impl_label, "task": int(task)}
+    return Run(config=config, task=int(task), impl_label=impl_label, tokenizer=tokenizer, model=model,
+               params=params, opt_state=tx.init(params), train_data=jax.device_put(train_ids),
+               eval_data=jax.device_put(eval_ids), train_steps=make_train_steps(model, tx, config, k),
+               evaluate=make_evaluate(model, config), steps_per_call=k, train_key=train_key, eval_key=eval_key,
+               history=history, started=started)
 
-    def run_eval(step: int) -> None:
+
+def save(run: Run, out_dir: str | os.PathLike) -> None:
+    """A checkpoint of `run` at its current step, and history.json beside it."""
+    from jaxgpt import checkpoint
+
+    out = Path(out_dir)
+    history = run.history
+    metrics = {"train_loss": history.final_train_loss, "eval_loss": history.final_eval_loss}
+    checkpoint.save(out, run.params, run.config, run.tokenizer, run.step, metrics,
+                    source={"impl": run.impl_label, "task": run.task})
+    history.checkpoint = str(out)
+    history.wall_seconds = time.perf_counter() - run.started
+    _write_json(out / "history.json", history.to_dict())
+
+
+def fit(run: Run, *, out_dir: str | os.PathLike | None = None, progress: bool = True,
+        log: Callable[[str], None] | None = None) -> History:
+    """Trains `run` to its configuration's max_iters with a progress bar, evaluating every eval_interval
+    steps (and saving there, with out_dir). Ctrl-C stops it, evaluates and saves where it stopped."""
+    import jax
+    from tqdm.auto import tqdm
+
+    config, history, task = run.config, run.history, run.task
+    train_cfg = config.train
+    k = run.steps_per_call
+    say = log or tqdm.write
+    tokens_per_step = train_cfg.batch_size * config.model.block_size
+
+    def run_eval() -> None:
         try:
-            train_loss, eval_loss = (float(v) for v in evaluate(params, train_data, eval_data,
-                                                                  jax.random.fold_in(eval_key, step)))
+            train_loss, eval_loss = (float(v) for v in run.evaluate(
+                run.params, run.train_data, run.eval_data, jax.random.fold_in(run.eval_key, run.step)))
         except Exception as err:
             raise TrainingError(explain_model_error(err, task)) from None
-        history.steps.append(step)
+        history.steps.append(run.step)
         history.train_losses.append(train_loss)
         history.eval_losses.append(eval_loss)
         speed = f", {history.tokens_per_second:,.0f} tok/s" if history.tokens_per_second else ""
-        say(f"step {step}: train {train_loss:.4f}, eval {eval_loss:.4f}{speed}")
+        say(f"step {run.step}: train {train_loss:.4f}, eval {eval_loss:.4f}{speed}")
 
-    def save(step: int) -> None:
-        if out is None:
-            return
-        metrics = {"train_loss": history.final_train_loss, "eval_loss": history.final_eval_loss}
-        checkpoint.save(out, params, config, tokenizer, step, metrics, source=source)
-        history.checkpoint = str(out)
-        history.wall_seconds = time.perf_counter() - started
-        _write_json(out / "history.json", history.to_dict())
+    def checkpoint() -> None:
+        if out_dir is not None:
+            save(run, out_dir)
 
-    say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s MiniGPT from {impl_label}, "
-        f"{len(train_ids):,} training tokens, {train_cfg.max_iters:,} steps of {tokens_per_step:,} tokens.")
-    run_eval(0)
-    step = 0
+    say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s MiniGPT from {run.impl_label}, "
+        f"{int(run.train_data.shape[0]):,} training tokens, {train_cfg.max_iters:,} steps of "
+        f"{tokens_per_step:,} tokens.")
+    run_eval()
     bar = tqdm(total=train_cfg.max_iters, unit="step", disable=not progress, dynamic_ncols=True, leave=False)
     try:
-        while step < train_cfg.max_iters:
+        while run.step < train_cfg.max_iters:
             call_started = time.perf_counter()
             try:
-                params, opt_state, losses = train_steps(params, opt_state, train_data, train_key, step)
+                run.params, run.opt_state, losses = run.train_steps(run.params, run.opt_state, run.train_data,
+                                                                    run.train_key, run.step)
                 losses = np.asarray(losses)  # waits for the computation
-                history.params = params
+                history.params = run.params
             except Exception as err:
                 raise TrainingError(explain_model_error(err, task)) from None
             seconds = time.perf_counter() - call_started
-            if step == 0:
+            if run.step == 0:
                 history.compile_seconds = seconds
             else:
                 history.train_seconds += seconds
                 # The first call compiled, so it is left out: `step` counts this call's steps and every
                 # earlier call's but the first's.
-                history.tokens_per_second = step * tokens_per_step / history.train_seconds
-            step += k
+                history.tokens_per_second = run.step * tokens_per_step / history.train_seconds
+            run.step += k
             history.batch_losses.extend(float(v) for v in losses)
             if not np.all(np.isfinite(losses)):
                 bad = losses[~np.isfinite(losses)][0]
-                raise TrainingError(f"The training loss became {bad} by step {step}: "
+                raise TrainingError(f"The training loss became {bad} by step {run.step}: "
                                     f"lower the learning rate, or look for a log of 0 or a division by 0.")
             bar.update(k)
             postfix = {"loss": f"{losses.mean():.4f}"}
             if history.tokens_per_second:
                 postfix["tok/s"] = f"{history.tokens_per_second:,.0f}"
             bar.set_postfix(postfix, refresh=False)
-            if step % train_cfg.eval_interval == 0 or step == train_cfg.max_iters:
-                run_eval(step)
-                save(step)
+            if run.step % train_cfg.eval_interval == 0 or run.step == train_cfg.max_iters:
+                run_eval()
+                checkpoint()
     except KeyboardInterrupt:
         history.interrupted = True
         bar.close()
-        if step > 0 and (not history.steps or history.steps[-1] != step):
-            run_eval(step)
-        save(step)
-        say(f"Interrupted at step {step}" + (f"; checkpoint saved in {out}." if out is not None else "."))
+        if run.step > 0 and (not history.steps or history.steps[-1] != run.step):
+            run_eval()
+        checkpoint()
+        say(f"Interrupted at step {run.step}" + (f"; checkpoint saved in {out_dir}." if out_dir is not None
+                                                  else "."))
         return history
     finally:
         bar.close()
-    history.wall_seconds = time.perf_counter() - started
-    save(step)
+    history.wall_seconds = time.perf_counter() - run.started
+    checkpoint()
     return history
+
+
+def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str | None = None,
+          data_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+          progress: bool = True, steps_per_call: int = 10, log: Callable[[str], None] | None = None
+          ) -> History:
+    """Trains `config` and returns its History; with out_dir, saves checkpoints and history.json there.
+    `prepare`, then `fit` (which calls `save` at each evaluation)."""
+    run = prepare(config, impl=impl, task=task, text=text, data_path=data_path, steps_per_call=steps_per_call)
+    return fit(run, out_dir=out_dir, progress=progress, log=log)
 
 
 def _impl_label(impl: Any) -> str:
