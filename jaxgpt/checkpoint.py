@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxgpt import contract
 from jaxgpt.configs import Config, ConfigError, ModelConfig
 
 FORMAT = "jaxgpt-checkpoint"
@@ -129,31 +130,7 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, Any], Config, Any, dic
 
 def expected_param_shapes(model: ModelConfig) -> dict[str, Any]:
     """The MiniGPT parameter tree the lessons fix (task 1), as nested dicts of shapes."""
-    V, C, H, L = model.vocab_size, model.n_embd, model.n_head, model.n_layer
-    hs = C // H  # head size
-
-    def norm():
-        return {"scale": (C,), "bias": (C,)}
-
-    def projection():  # nn.MultiHeadDotProductAttention's query, key and value: (C, H, hs) and a bias
-        return {"kernel": (C, H, hs), "bias": (H, hs)}
-
-    block = {
-        "ln1": norm(),
-        "attn": {"query": projection(), "key": projection(), "value": projection(),
-                 "out": {"kernel": (H, hs, C), "bias": (C,)}},
-        "ln2": norm(),
-        "ffwd": {"fc": {"kernel": (C, 4 * C), "bias": (4 * C,)}, "proj": {"kernel": (4 * C, C), "bias": (C,)}},
-    }
-    tree: dict[str, Any] = {
-        "token_embedding": {"embedding": (V, C)},
-        "position_embedding": {"embedding": (model.block_size, C)},
-    }
-    for i in range(L):
-        tree[f"blocks_{i}"] = {k: dict(v) for k, v in block.items()}
-    tree["ln_f"] = norm()
-    tree["lm_head"] = {"kernel": (C, V), "bias": (V,)}
-    return tree
+    return contract.model_shapes(model.vocab_size, model.block_size, model.n_embd, model.n_head, model.n_layer)
 
 
 def tree_mismatch(params: Any, expected: dict[str, Any], path: str = "") -> str | None:

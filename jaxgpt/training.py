@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxgpt import catalog, outcomes
+from jaxgpt import catalog, contract, outcomes
 from jaxgpt.configs import Config, ConfigError, TrainConfig
 
 MODEL_TASKS = (1, 6)  # the tasks whose MiniGPT can be trained
@@ -96,11 +96,10 @@ def build_model(model_cls, config: Config):
     if m.n_embd % m.n_head:
         raise ConfigError(f"n_embd ({m.n_embd}) must be a multiple of n_head ({m.n_head}).")
     try:
-        return model_cls(vocab_size=m.vocab_size, block_size=m.block_size, n_embd=m.n_embd, n_head=m.n_head,
-                         n_layer=m.n_layer, dropout_rate=m.dropout_rate)
+        return model_cls(**{field: getattr(m, field) for field in contract.MODEL_FIELDS})
     except TypeError as err:
         raise TrainingError(f"`{getattr(model_cls, '__name__', model_cls)}` could not be built with the "
-                            f"lesson's fields (vocab_size, block_size, n_embd, n_head, n_layer, dropout_rate): "
+                            f"lesson's fields ({', '.join(contract.MODEL_FIELDS)}): "
                             f"{err}.") from None
 
 
