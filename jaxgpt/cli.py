@@ -2,12 +2,17 @@
 
     jaxgpt progress                      one line per task: passed, N of M checks, not started, blocked
     jaxgpt check 3 [-v]                  grade task 3 (tasks/task03_head.py); exit 0 when every check passes
+    jaxgpt watch [3]                     check a task again each time its file in tasks/ is saved
     jaxgpt hint 3                        the next hint for task 3
     jaxgpt train --config tiny           train your task 1 MiniGPT (--impl reference for the reference's)
     jaxgpt sample --checkpoint checkpoints/tiny --prompt "ROMEO:"
 
 Whatever goes wrong on the learner's side (an unfinished task, a bad path, a damaged checkpoint, a prompt
 with unknown characters) is said in a sentence on stderr with a non-zero exit code, never a traceback.
+
+`check`, `progress` and `watch` grade in a worker process (jaxgpt/worker.py), so this process never imports
+JAX for them; a check that runs past its time limit is stopped, and Ctrl-C gives "stopped" and exit code 130,
+never a pass.
 """
 
 from __future__ import annotations
@@ -56,15 +61,32 @@ def _parser() -> argparse.ArgumentParser:
     impl_help = ("the code to use: `tasks` (your solutions, the default), `reference`, a directory laid out "
                  "like tasks/, or one .py file")
 
+    limit_help = "stop a check that runs longer than this many seconds (default: %(default)g)"
+
     p = sub.add_parser("progress", help="show every task's status")
     p.add_argument("--impl", default="tasks", help=impl_help)
+    p.add_argument("--time-limit", type=float, default=_default_limit(), metavar="SECONDS", help=limit_help)
     p.set_defaults(run=cmd_progress)
 
     p = sub.add_parser("check", help="run one task's checks")
     p.add_argument("task", help="the task number")
     p.add_argument("--impl", default="tasks", help=impl_help)
     p.add_argument("-v", "--verbose", action="store_true", help="list every check, also when not started")
+    p.add_argument("--time-limit", type=float, default=_default_limit(), metavar="SECONDS", help=limit_help)
+    p.add_argument("--in-process", action="store_true",
+                   help="run the checks in this process, not in a worker (for debugging the checks themselves: "
+                        "an endless loop then cannot be stopped)")
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("watch", help="check a task each time its file is saved (Ctrl-C to stop)")
+    p.add_argument("task", nargs="?", default=None,
+                   help="the task number (default: the task whose file was saved last)")
+    p.add_argument("--impl", default="tasks", help="a directory laid out like tasks/ (the default) or one .py file")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every check, also when not started")
+    p.add_argument("--time-limit", type=float, default=_default_limit(), metavar="SECONDS", help=limit_help)
+    p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
+                   help="how often to look for saved files (default: %(default)g)")
+    p.set_defaults(run=cmd_watch)
 
     p = sub.add_parser("hint", help="reveal the next hint for a task")
     p.add_argument("task", help="the task number")
@@ -116,54 +138,169 @@ def _implementation(spec: str):
         raise UserError(str(err), EXIT_USAGE) from None
 
 
+def _default_limit() -> float:
+    from jaxgpt.grading import DEFAULT_TIMEOUT_S
+
+    return DEFAULT_TIMEOUT_S
+
+
+def _time_limit(args) -> float:
+    if not args.time_limit > 0:
+        raise UserError(f"--time-limit must be more than 0 seconds, got {args.time_limit:g}.", EXIT_USAGE)
+    return args.time_limit
+
+
+def _require_checks(task: catalog.Task) -> None:
+    if not task.test_file.exists():
+        raise UserError(
+            f"{task.test_file} is missing. The checks live in the repository's tests/ folder: install the "
+            "challenge from a clone with `pip install -e .` so that they can be found.")
+
+
 def status_line(verdict) -> str:
     """A task's status in a few words: passed, 3 of 7 checks pass, not started, blocked by task 3."""
     import re
 
-    from jaxgpt import outcomes
+    from jaxgpt.outcomes import Status
 
     status = verdict.status
-    if status in (outcomes.PASSED, outcomes.NOT_STARTED):
-        return status
-    if status == outcomes.BLOCKED:
-        message = next(c.message for c in verdict.checks if c.status == outcomes.BLOCKED)
+    if status in (Status.PASSED, Status.NOT_STARTED, Status.STOPPED):
+        return str(status)
+    if status == Status.BLOCKED:
+        message = next(c.message for c in verdict.checks if c.status == Status.BLOCKED)
         found = re.search(r"builds on task (\d+)", message)
         return f"blocked by task {found.group(1)}" if found else "blocked by an earlier task"
-    counted = [c for c in verdict.checks if c.status != outcomes.SKIPPED]
-    passed = sum(c.status == outcomes.PASSED for c in counted)
+    if getattr(verdict, "load_error", None) is not None and status == Status.FAILED:
+        return "does not load (jaxgpt check says why)"
+    counted = [c for c in verdict.checks if c.status != Status.SKIPPED]
+    passed = sum(c.status == Status.PASSED for c in counted)
     return f"{passed} of {len(counted)} checks pass"
 
 
 def cmd_progress(args) -> int:
-    from jaxgpt.grading import run_suite
+    from jaxgpt import worker
 
+    limit = _time_limit(args)
     impl = _implementation(args.impl)
     width = max(len(t.title) for t in catalog.TASKS)
     print(f"Progress of {impl.label}:")
     done = 0
-    for task in catalog.TASKS:
-        if not task.test_file.exists():
-            status = "no checks yet"
-        else:
-            verdict = run_suite(task, impl)
-            status = status_line(verdict)
-            done += verdict.passed
-        print(f"  {task.number:>2}  {task.title:<{width}}  {task.minutes:>3} min  {task.stars}  {status}")
+    with worker.Grader() as grader:
+        grader.start()
+        for task in catalog.TASKS:
+            verdict = None
+            if not task.test_file.exists():
+                status = "no checks yet"
+            else:
+                verdict = grader.grade(task, impl, timeout_s=limit,
+                                       progress=worker.Progress.terminal(prefix=f"  task {task.number}:"))
+                status = status_line(verdict)
+                done += verdict.passed
+            print(f"  {task.number:>2}  {task.title:<{width}}  {task.minutes:>3} min  {task.stars}  {status}",
+                  flush=True)
+            if verdict is not None and verdict.stopped:
+                print(f"Stopped at task {task.number}: the tasks from there on were not checked.")
+                return EXIT_INTERRUPTED
     print(f"{done} of {len(catalog.TASKS)} tasks passed.")
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
-    from jaxgpt.grading import run_suite
+    from jaxgpt import worker
 
     task = _task(args.task)
+    limit = _time_limit(args)
+    _require_checks(task)
     impl = _implementation(args.impl)
-    try:
-        verdict = run_suite(task, impl)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
-    print(verdict.text(verbose=args.verbose))
+    if args.in_process:
+        from jaxgpt.grading import run_suite
+
+        verdict = run_suite(task, impl, timeout_s=limit)
+    else:
+        with worker.Grader() as grader:
+            verdict = grader.grade(task, impl, timeout_s=limit, progress=worker.Progress.terminal())
+    print(verdict.text(verbose=args.verbose), flush=True)
+    if verdict.stopped:
+        return EXIT_INTERRUPTED
     return EXIT_OK if verdict.passed else EXIT_FAILED
+
+
+def _watched_files(impl, task: catalog.Task | None) -> dict[int, list[Path]]:
+    """For each task to watch, the files whose saving re-checks it: its own and those of the tasks it builds on."""
+    from jaxgpt import implementation
+
+    if isinstance(impl, implementation.FileImplementation):
+        return {t.number: [impl.path] for t in ([task] if task else catalog.TASKS)}
+    if not isinstance(impl, implementation.PackageImplementation):
+        raise UserError("jaxgpt watch watches files: give --impl a directory laid out like tasks/ or a .py file.",
+                        EXIT_USAGE)
+    tasks = [task] if task else list(catalog.TASKS)
+    return {t.number: [impl.path_of(t)] + [impl.path_of(catalog.get_task(n)) for n in t.builds_on]
+            for t in tasks}
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def cmd_watch(args) -> int:
+    import time
+
+    from jaxgpt import worker
+
+    limit = _time_limit(args)
+    if not args.interval > 0:
+        raise UserError(f"--interval must be more than 0 seconds, got {args.interval:g}.", EXIT_USAGE)
+    task = _task(args.task) if args.task is not None else None
+    impl = _implementation(args.impl)
+    watched = _watched_files(impl, task)
+    own_file = {number: files[0] for number, files in watched.items()}
+    stamps = {path: _stamp(path) for files in watched.values() for path in files}
+    if task is None:  # start with the task whose file was saved last
+        first = max(own_file, key=lambda n: ((stamps.get(own_file[n]) or (0, 0))[0], -n))
+    else:
+        first = task.number
+    where = _display(own_file[first]) if task else _display(getattr(impl, "directory", own_file[first]))
+    print(f"Watching {where}: each save checks the task again. Ctrl-C to stop.", flush=True)
+    with worker.Grader(keep_warm=True) as grader:
+        grader.start()
+        try:
+            pending = [first]
+            while True:
+                while pending:
+                    number = pending.pop(0)
+                    _require_checks(catalog.get_task(number))
+                    print(f"\n── {time.strftime('%H:%M:%S')} · task {number} · {_display(own_file[number])} ──",
+                          flush=True)
+                    verdict = grader.grade(number, impl, timeout_s=limit, progress=worker.Progress.terminal())
+                    print(verdict.text(verbose=args.verbose), flush=True)
+                    if verdict.stopped:
+                        raise KeyboardInterrupt
+                time.sleep(args.interval)
+                changed = [path for path in stamps if _stamp(path) != stamps[path]]
+                if not changed:
+                    continue
+                time.sleep(min(0.2, args.interval))  # let an editor finish writing
+                for path in changed:
+                    stamps[path] = _stamp(path)
+                for number, files in watched.items():
+                    if any(path in files for path in changed) and number not in pending:
+                        if own_file[number] in changed or task is not None:
+                            pending.append(number)
+        except KeyboardInterrupt:
+            print("\nStopped watching.", flush=True)
+            return EXIT_OK
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def cmd_hint(args) -> int:

@@ -117,7 +117,7 @@ class PackageImplementation(Implementation):
         except Exception as err:  # the learner's module raised while being imported
             sys.modules.pop(module_name, None)
             raise LoadError(
-                f"Importing {self.where(task)} raised {type(err).__name__}: {err}"
+                f"Importing {self.where(task)} raised {type(err).__name__}: {err}{_line_in(err, path)}."
             ) from err
         self._modules[task.number] = module
         return module
@@ -143,7 +143,9 @@ class FileImplementation(Implementation):
             except SyntaxError as err:
                 raise LoadError(f"{self.label}, line {err.lineno}, has a syntax error: {err.msg}.") from None
             except Exception as err:
-                raise LoadError(f"Importing {self.label} raised {type(err).__name__}: {err}") from err
+                raise LoadError(
+                    f"Importing {self.label} raised {type(err).__name__}: {err}{_line_in(err, self.path)}."
+                ) from err
             self._module = module
         return self._module
 
@@ -157,6 +159,25 @@ class NamespaceImplementation(Implementation):
 
     def module_for(self, task: catalog.Task) -> Any:
         return self.namespace
+
+    def get(self, task: catalog.Task, name: str) -> Any:
+        try:
+            return self.namespace[name]
+        except KeyError:
+            raise MissingName(
+                f"{self.label} does not define `{name}` yet: run task {task.number}'s stub cell (the code cell "
+                f"that defines `{name}`) first, then this check again."
+            ) from None
+
+
+def _line_in(err: BaseException, path: Path) -> str:
+    """` (line N: code)` for the innermost line of `path` in err's traceback, or nothing."""
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if Path(frame.filename).resolve() == path.resolve():
+            return f" (line {frame.lineno}: {frame.line.strip()})" if frame.line else f" (line {frame.lineno})"
+    return ""
 
 
 def _display(path: Path) -> str:

@@ -1,12 +1,14 @@
 """Turning what happened in one check into a sentence a learner can act on.
 
-A check ends in one of these states; `classify` looks at the exception (if any) and decides which, and
-finds the learner's own line when their code raised.
+A check ends in one of the `Status` values; `classify` looks at the exception (if any) and decides which,
+and finds the learner's own line when their code raised. An error is blamed on the check only when nothing
+points at the learner's code, and even then in words that say what the check was doing with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import traceback
 from pathlib import Path
@@ -14,28 +16,60 @@ from pathlib import Path
 from jaxgpt import catalog
 from jaxgpt.implementation import LoadError, MissingName
 
-PASSED, FAILED, ERROR, NOT_STARTED, BLOCKED, MISSING, SKIPPED = (
-    "passed", "failed", "error", "not started", "blocked", "missing", "skipped")
+
+class Status(enum.StrEnum):
+    """How one check, or a whole task, ended. A `StrEnum`, so it prints and serialises as its words."""
+
+    PASSED = "passed"
+    FAILED = "failed"  # the learner's code ran and gave a wrong answer
+    ERROR = "error"  # the learner's code raised
+    TIMED_OUT = "timed out"  # the check ran past its time limit and was stopped
+    NOT_STARTED = "not started"  # the stub still raises NotImplementedError
+    BLOCKED = "blocked"  # an earlier task this one builds on is not finished
+    MISSING = "missing"  # the implementation does not define a name the task asks for
+    SKIPPED = "skipped"  # the check did not run (a load error, an earlier time-out, pytest's own skip)
+    IN_PROGRESS = "in progress"  # (a task) some checks pass, the others are not started
+    STOPPED = "stopped"  # stopped by Ctrl-C or the notebook's Stop: a task before every check ran, or the check running then
+
+
+# The statuses as plain module names, as callers have always spelled them (outcomes.PASSED, ...).
+(PASSED, FAILED, ERROR, TIMED_OUT, NOT_STARTED, BLOCKED, MISSING, SKIPPED, IN_PROGRESS, STOPPED) = (
+    Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMED_OUT, Status.NOT_STARTED, Status.BLOCKED,
+    Status.MISSING, Status.SKIPPED, Status.IN_PROGRESS, Status.STOPPED)
 
 _TASK_IN_MESSAGE = re.compile(r"\b[Tt]ask\s*0*(\d+)\b")
 _TASK_IN_FILE = re.compile(r"task(\d\d)_\w+\.py$")
 _HARNESS_DIR = str(Path(__file__).resolve().parent)
 _TESTS_DIR = str(catalog.TESTS_DIR)
+_NAME_ERROR = re.compile(r"name '(\w+)' is not defined")
+_RETURNED_A_SEQUENCE = re.compile(r"'(tuple|list|dict|NoneType)' object has no attribute")
 
 
 @dataclasses.dataclass
 class Outcome:
-    status: str
+    status: Status
     message: str = ""
+    load_error: bool = False  # the learner's code could not be loaded at all: the same for every check
+
+
+def timeout_message(limit_s: float | None) -> str:
+    limit = f" within {limit_s:g} s" if limit_s else " within its time limit"
+    return (f"this check did not finish{limit}, so it was stopped. Is there an endless loop (a `while` whose "
+            "condition never changes, or a `lax.while_loop` / `fori_loop` whose counter never moves), or a "
+            "Python loop where a vectorised or jitted one was asked for?")
+
+
+def is_load_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, (LoadError, MissingName))
 
 
 def classify(exc: BaseException | None, task: catalog.Task, timeout_s: float | None = None) -> Outcome:
     if exc is None:
         return Outcome(PASSED)
     if isinstance(exc, MissingName):
-        return Outcome(MISSING, str(exc))
+        return Outcome(MISSING, str(exc), load_error=True)
     if isinstance(exc, LoadError):
-        return Outcome(ERROR, str(exc))
+        return Outcome(ERROR, str(exc), load_error=True)
     if isinstance(exc, NotImplementedError):
         owner = _task_that_is_unfinished(exc)
         if owner is None or owner.number == task.number:
@@ -47,20 +81,75 @@ def classify(exc: BaseException | None, task: catalog.Task, timeout_s: float | N
         return Outcome(FAILED, _assertion_text(exc))
     text = str(exc)
     if type(exc).__name__ == "Failed" and "Timeout" in text:
-        limit = f" {timeout_s:g} s" if timeout_s else ""
-        return Outcome(FAILED, f"this check did not finish within its time limit{limit}: is there an endless "
-                               "loop, or a Python loop where a vectorised or jitted one was asked for?")
+        return Outcome(TIMED_OUT, timeout_message(timeout_s))
     if type(exc).__name__ in ("Skipped", "XFailed"):
         return Outcome(SKIPPED, text)
-    where = learner_frame(exc)
     first_line = text.strip().splitlines()[0] if text.strip() else ""
+    where = learner_frame(exc)
+    unknown = _unknown_task_name(exc)
+    if unknown is not None:
+        name, owner = unknown
+        return Outcome(ERROR, f"your code uses `{name}`, which is not defined where it runs. `{name}` is task "
+                              f"{owner.number}'s: in the notebook, run task {owner.number}'s cell that defines it "
+                              f"first; in a task file, import it (`from .{owner.stem} import {name}`)."
+                              + (f"\n    at {where}" if where else ""))
+    flax_sentence = _flax_error(exc)
+    if flax_sentence is not None:
+        return Outcome(ERROR, flax_sentence + (f"\n    at {where}" if where else ""))
     if where is None and isinstance(exc, TypeError) and _looks_like_a_call_mismatch(first_line):
         return Outcome(ERROR, f"your code could not be called the way the lesson describes: {first_line[:400]}. "
                               "Compare its fields and its __call__ signature (names, defaults) with the lesson.")
-    if where is None:
-        return Outcome(ERROR, f"the check itself failed with {type(exc).__name__}: {first_line[:400]} "
-                              "(this is a bug in the check: please report it)")
-    return Outcome(ERROR, f"your code raised {type(exc).__name__}: {_trim(text)}\n    at {where}")
+    if where is not None:
+        return Outcome(ERROR, f"your code raised {type(exc).__name__}: {_trim(text)}\n    at {where}")
+    return Outcome(ERROR, _check_could_not_use(exc, first_line))
+
+
+def _check_could_not_use(exc: BaseException, first_line: str) -> str:
+    """The sentence for an error raised in the check's own code, after the learner's code had returned."""
+    what = f"{type(exc).__name__}: {first_line[:300]}"
+    sequence = _RETURNED_A_SEQUENCE.search(first_line)
+    if sequence or "inhomogeneous shape" in first_line:
+        kind = sequence.group(1) if sequence else "tuple or list"
+        kind = "None" if kind == "NoneType" else f"a {kind}"
+        return (f"your code returned {kind} where the check expected one array ({what}). Return the array "
+                "alone, as the lesson does.")
+    if isinstance(exc, KeyError):
+        return (f"the check looked up {first_line[:80]} in what your code built (most likely its parameter "
+                f"tree) and found nothing there ({what}). Compare your submodules' names with the lesson's; "
+                "the parameter-tree check says what differs.")
+    if "shape" in first_line.lower() or "dot_general" in first_line or "broadcast" in first_line.lower():
+        return (f"the check could not combine what your code returned with its own arrays: the shapes do not fit "
+                f"({what}). Compare your parameter and output shapes with the lesson's.")
+    return (f"the check stopped with {what} while using what your code built or returned; a name, parameter "
+            "tree or output that differs from the lesson's is the usual reason (the other checks may say "
+            "which). If your code follows the lesson, please report it: it may be a bug in the check.")
+
+
+def _flax_error(exc: BaseException) -> str | None:
+    if not type(exc).__module__.startswith("flax"):
+        return None
+    name = type(exc).__name__
+    message = re.sub(r"\s*\(https?://\S+\)\s*$", "", str(exc).strip().split("\n\n")[0]).strip()
+    if name in ("ScopeParamNotFoundError", "ScopeVariableNotFoundError", "ScopeCollectionNotFound"):
+        return ("your module's parameter tree differs from the lesson's: the check loads parameters laid out "
+                f"as the lesson fixes them, and your module looks for one that is not there ({message}). "
+                "Compare your submodules' names (`name=` or the attribute name) with the lesson's.")
+    if name == "ScopeParamShapeError":
+        return ("your module's parameter tree differs from the lesson's: a parameter has another shape than "
+                f"the lesson's ({message}). Compare your layers' sizes with the lesson's.")
+    return f"Flax stopped your module with {name}: {_trim(message, 400)}"
+
+
+def _unknown_task_name(exc: BaseException) -> tuple[str, catalog.Task] | None:
+    if not isinstance(exc, NameError):
+        return None
+    found = _NAME_ERROR.search(str(exc))
+    if not found:
+        return None
+    for task in catalog.TASKS:
+        if found.group(1) in task.names:
+            return found.group(1), task
+    return None
 
 
 def _looks_like_a_call_mismatch(text: str) -> bool:
@@ -90,7 +179,7 @@ def is_learner_file(filename: str) -> bool:
 
 def learner_frame(exc: BaseException) -> str | None:
     """`file:line in function: code` of the innermost frame that is the learner's own code."""
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+    for frame in reversed(_frames(exc)):
         if is_learner_file(frame.filename):
             filename = frame.filename
             try:
@@ -101,6 +190,17 @@ def learner_frame(exc: BaseException) -> str | None:
             code = f": {frame.line.strip()}" if frame.line else ""
             return f"{filename}, line {frame.lineno}, in {frame.name}{code}"
     return None
+
+
+def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of `exc`'s traceback, and of the exceptions it was raised from (JAX re-raises errors from
+    inside a trace with the learner's frames on the cause)."""
+    frames, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames = traceback.extract_tb(exc.__traceback__) + frames
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return frames
 
 
 def _assertion_text(exc: AssertionError) -> str:

@@ -109,7 +109,7 @@ def pytest_runtest_makereport(item, call):
     report.jaxgpt_status = verdict.status
     report.jaxgpt_message = verdict.message
     if verdict.status in (outcomes.FAILED, outcomes.ERROR, outcomes.NOT_STARTED, outcomes.BLOCKED,
-                          outcomes.MISSING) and report.longrepr is not None:
+                          outcomes.MISSING, outcomes.TIMED_OUT) and report.longrepr is not None:
         # Plain pytest shows our sentence first, then its own traceback for those who want it.
         report.sections.insert(0, ("jaxgpt verdict", f"[{verdict.status}] {verdict.message}"))
 

@@ -75,7 +75,9 @@ def test_status_words_for_passed_partial_and_blocked_tasks(tmp_path):
 
 
 def test_check_on_a_stub_exits_1_and_says_not_started(capsys):
-    code, out, _ = run(capsys, "check", "3")
+    # --in-process: this test is about the words and the exit code; test_check_reference_exits_0 and
+    # tests/test_grader_worker.py go through the worker, as a learner's check does.
+    code, out, _ = run(capsys, "check", "3", "--in-process")
     assert code == 1
     assert "Task 3" in out and "not started" in out
 
@@ -91,10 +93,19 @@ def test_check_unknown_task_is_a_sentence(capsys):
     assert code == 2 and "There is no task '99'" in err
 
 
+def test_check_and_watch_usage_errors_are_sentences(capsys):
+    code, _, err = run(capsys, "check", "3", "--time-limit", "0")
+    assert code == 2 and "--time-limit must be more than 0 seconds" in err
+    code, _, err = run(capsys, "watch", "99")
+    assert code == 2 and "There is no task '99'" in err
+
+
 def test_bad_impl_path_is_a_sentence(capsys, tmp_path):
     code, _, err = run(capsys, "check", "3", "--impl", str(tmp_path / "missing"))
     assert code == 2 and "is neither `tasks`, `reference`" in err
     code, _, err = run(capsys, "train", "--config", "micro", "--impl", str(tmp_path / "missing"))
+    assert code == 2 and "is neither `tasks`, `reference`" in err
+    code, _, err = run(capsys, "watch", "3", "--impl", str(tmp_path / "missing"))
     assert code == 2 and "is neither `tasks`, `reference`" in err
 
 

@@ -68,7 +68,19 @@ def test_returning_none_is_a_sentence(tmp_path):
 def test_hang_is_stopped_by_the_time_limit(tmp_path):
     verdict = _grade_head(tmp_path, "while True:\n    pass\n", timeout_s=2)
     assert verdict.status == outcomes.FAILED
-    assert "did not finish within its time limit 2 s" in verdict.text()
+    assert verdict.checks[0].status == outcomes.TIMED_OUT
+    assert "did not finish within 2 s" in verdict.text()
+    # the first time-out stops the run: the checks after it are not run, rather than each waiting its limit
+    assert all(c.status == outcomes.SKIPPED for c in verdict.checks[1:]) and "did not run" in verdict.text()
+
+
+def test_ctrl_c_in_process_reads_stopped_never_passed(tmp_path):
+    """A KeyboardInterrupt while a check runs (Ctrl-C, the notebook's Stop) ends the run as "stopped"; pytest
+    itself would report the checks so far and carry on as if they were all."""
+    verdict = _grade_head(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nreturn v\n")
+    assert verdict.stopped and verdict.status == outcomes.STOPPED and not verdict.passed
+    assert verdict.checks[0].status == outcomes.STOPPED
+    assert "stopped after 0 of" in verdict.text() and "Well done" not in verdict.text()
 
 
 def test_syntax_error_names_the_line(tmp_path):

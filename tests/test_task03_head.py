@@ -1,7 +1,9 @@
 """Task 3: `Head`, one head of causal self-attention.
 
 Oracles: Flax's `nn.dot_product_attention` on the learner's own q, k, v projections; a float64 numpy
-attention; causality and dropout properties. Known mistakes are named by recomputing them.
+attention; the reference's Head on the same parameters, submodule by submodule, for lengths and batches that
+don't hide mistakes (jaxgpt/differential.py); its dropout, matched by what it drops; causality. Known mistakes
+are named by recomputing them, and by the catalogue's mistakes when one gives exactly the learner's output.
 """
 
 import jax
@@ -9,12 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt import checks, differential
 import oracles
 
 TASK = 3
 
 B, T, C, HS = 2, 6, 12, 4
+# The reference-differential check's inputs (B, T): the initialisation's first, then T longer than any small
+# constant a learner might hard-code, then T = 1 (below the initialisation's) with batch 1. B, T, C and
+# head_size differ from each other, so no mix-up of axes passes by coincidence. Each new shape costs its own
+# compilations (about 0.5 s), hence three.
+SHAPES = [(B, T), (3, 37), (1, 1)]
+RATE = oracles.DROPOUT_RATE
+DROPOUT_NAMES = {"Dropout_0": "the attention weights (wei, after the softmax)", **oracles.dropout_names()}
 
 
 @pytest.fixture
@@ -28,7 +37,15 @@ def _init(impl, x, **fields):
     return head, params
 
 
+def _expected_tree():
+    return {"params": {n: {"kernel": np.zeros((C, HS))} for n in ("key", "query", "value")}}
+
+
 def _projections(params, x):
+    if checks.tree_shapes(params) != checks.tree_shapes(_expected_tree()):
+        checks.fail("not checked: Head's parameter tree is not the lesson's (key, query and value kernels of shape "
+                    f"(C, head_size) = ({C}, {HS}), no biases), so q, k and v cannot be read from it; the "
+                    "parameter-tree check says what differs.")
     p = params["params"]
     x64 = np.asarray(x, np.float64)
     return tuple(x64 @ np.asarray(p[name]["kernel"], np.float64) for name in ("query", "key", "value"))
@@ -67,11 +84,24 @@ def _diagnose(params, x):
     return checks.diagnose_from(candidates)
 
 
+def _output(value, what="Head's output"):
+    return checks.as_array(value, what)
+
+
+def _both(impl, reference, x):
+    """The learner's Head and the reference's, built alike with a non-round dropout rate, and the reference's
+    parameters (which the learner's Head must accept)."""
+    learner = impl.Head(head_size=HS, dropout_rate=RATE)
+    ref = reference.Head(head_size=HS, dropout_rate=RATE)
+    variables = ref.init(jax.random.key(1), x)
+    oracles.require_tree(learner, x, variables, "Head")
+    return learner, ref, variables
+
+
 def test_parameter_tree(impl, x):
     """The parameters are key, query and value kernels of shape (C, head_size), without biases"""
     _, params = _init(impl, x)
-    expected = {"params": {n: {"kernel": np.zeros((C, HS))} for n in ("key", "query", "value")}}
-    checks.assert_tree(params, expected)
+    checks.assert_tree(params, _expected_tree())
 
 
 def test_output_shape_and_dtype(impl, x):
@@ -87,7 +117,7 @@ def test_matches_flax_dot_product_attention(impl, x):
     import flax.linen as nn
 
     head, params = _init(impl, x)
-    checks.assert_tree(params, {"params": {n: {"kernel": np.zeros((C, HS))} for n in ("key", "query", "value")}})
+    checks.assert_tree(params, _expected_tree())
     q, k, v = (jnp.asarray(a, jnp.float32)[:, :, None, :] for a in _projections(params, x))  # (B, T, 1, hs)
     mask = nn.make_causal_mask(jnp.ones((B, T)))
     expected = nn.dot_product_attention(q, k, v, mask=mask)[:, :, 0, :]
@@ -108,7 +138,7 @@ def test_causal(impl, x):
     """Position t does not depend on tokens after t"""
     head, params = _init(impl, x)
     for position in (0, T // 2):
-        checks.assert_causal(lambda inp: head.apply(params, inp), x, position,
+        checks.assert_causal(lambda inp: _output(head.apply(params, inp)), x, position,
                              lambda inp: inp.at[:, position + 1:].set(7.0), "Head's output")
 
 
@@ -116,8 +146,8 @@ def test_first_position_is_its_own_value(impl, x):
     """At position 0 the head can only attend to itself, so the output is that token's value"""
     head, params = _init(impl, x)
     _, _, v = _projections(params, x)
-    checks.assert_close(np.asarray(head.apply(params, x))[:, 0], v[:, 0], "Head's output at position 0",
-                        rtol=1e-4, atol=1e-5)
+    out = checks.assert_shape(head.apply(params, x), (B, T, HS), "Head's output")
+    checks.assert_close(out[:, 0], v[:, 0], "Head's output at position 0", rtol=1e-4, atol=1e-5)
 
 
 def test_any_sequence_length(impl, x):
@@ -132,32 +162,40 @@ def test_any_sequence_length(impl, x):
                             f"Head's output for T={t}", rtol=1e-4, atol=1e-5)
 
 
-def test_dropout(impl, x):
-    """Dropout drops attention weights in training, uses the 'dropout' RNG, and is off when deterministic"""
-    head, params = _init(impl, x, dropout_rate=0.5)
-    quiet = checks.without_dropout_rng(lambda: head.apply(params, x, deterministic=True), "Head")
+def test_same_as_reference(impl, reference, x):
+    """Same steps as the reference Head on its parameters, for T = 1, 6, 37, batch 1 to 3, training and evaluation"""
+    learner, ref, variables = _both(impl, reference, x)
+    oracles.same_as_reference(learner, ref, variables, SHAPES, "Head", C=C, first=x, task=impl.task,
+                              build=lambda view: view.Head(head_size=HS, dropout_rate=RATE))
+
+
+def test_dropout(impl, reference, x):
+    """Dropout acts on the attention weights, at the Head's dropout_rate, only in training, with the 'dropout' RNG"""
+    head, ref, params = _both(impl, reference, x)
+    quiet = _output(checks.without_dropout_rng(lambda: head.apply(params, x, deterministic=True), "Head"))
     checks.assert_close(quiet, impl.Head(head_size=HS).apply(params, x), "the output with deterministic=True",
                         rtol=1e-5, atol=1e-6)
-    noisy = head.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    q, k, _ = _projections(params, x)
+    differential.assert_same_dropout(head, ref, params, (x,), "Head", RATE, names=DROPOUT_NAMES,
+                                     describe=oracles.scores_describer(lambda: q, lambda: k, HS**-0.5))
+    # What it drops is right; now the randomness: the 'dropout' stream, the key, and nothing else.
+    noisy = _output(head.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
     again = head.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     other = head.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
     if np.allclose(noisy, quiet):
-        checks.fail("with deterministic=False and dropout_rate=0.5 the output did not change: is dropout "
+        checks.fail(f"with deterministic=False and dropout_rate={RATE} the output did not change: is dropout "
                     "applied, and does it receive `deterministic`?")
     checks.assert_close(again, noisy, "the output for the same dropout key", rtol=0, atol=0)
     if np.allclose(noisy, other):
         checks.fail("two different dropout keys gave the same output: take the key from the 'dropout' stream.")
-    zero = np.asarray(noisy) == 0.0
-    partly_zero_rows = np.logical_and(zero.any(-1), ~zero.all(-1))
-    if partly_zero_rows.any():
-        checks.fail("some output rows are partly zero: dropout seems to act on the head's output; in this "
-                    "lesson it acts on the attention weights (wei), before they multiply v.")
     # Dropout's mask depends on the key, not on x, so with one key changing the last token must leave the
     # earlier positions as they were, in training as well as in evaluation.
     changed = x.at[:, -1].add(1.0)
     noisy_changed = head.apply(params, changed, deterministic=False, rngs={"dropout": jax.random.key(3)})
-    if not np.allclose(np.asarray(noisy_changed)[:, :-1], np.asarray(noisy)[:, :-1], rtol=1e-5, atol=1e-6):
+    if not np.allclose(np.asarray(noisy_changed)[:, :-1], noisy[:, :-1], rtol=1e-5, atol=1e-6):
+        quiet_changed = np.asarray(head.apply(params, changed, deterministic=True))
+        leaks_anyway = not np.allclose(quiet_changed[:, :-1], np.asarray(quiet)[:, :-1], rtol=1e-5, atol=1e-6)
         checks.fail("with deterministic=False (same dropout key), changing the last token changed the earlier "
-                    "positions: in training the future leaks in.\n  Likely cause: dropout is applied to the "
-                    "scores before the softmax, so it turns some -inf entries into 0 and the future gets "
-                    "weight; apply it to wei after the softmax.")
+                    "positions: in training the future leaks in"
+                    + (", and with deterministic=True as well: see the causality check." if leaks_anyway else
+                       ", although with deterministic=True it does not."))

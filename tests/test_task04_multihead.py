@@ -2,21 +2,35 @@
 
 Oracles: the same computation in float64 numpy from the learner's own parameters (each head's causal
 attention by tests/oracles.causal_attention, concatenated in head order, then the projection); the
-parameter tree; causality; dropout properties. C = 12 differs from num_heads * head_size = 15, so a
-projection to the wrong width shows. Known mistakes are named by recomputing them.
+parameter tree; the reference's MultiHeadAttention on the same parameters, submodule by submodule, for
+lengths and batches that don't hide mistakes (jaxgpt/differential.py); its dropouts, matched by what they drop;
+causality. C = 12 differs from num_heads * head_size = 15, so a projection to the wrong width shows. Known
+mistakes are named by recomputing them, and by the catalogue's mistakes when one gives exactly the learner's
+output.
 """
 
 import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt import checks, differential
 import oracles
 
 TASK = 4
 
 B, T, C = 2, 6, 12
 NH, HS = 3, 5  # NH * HS = 15 != C on purpose
+# The reference-differential check's inputs (B, T): the initialisation's, T longer than any small constant a
+# learner might hard-code, T = 1 with batch 1; B, T, C, num_heads and head_size differ from each other.
+SHAPES = [(B, T), (4, 37), (1, 1)]
+RATE = oracles.DROPOUT_RATE
+DROPOUT_NAMES = {"Dropout_0": "the projection's output (after proj)",
+                 "in:": "the input x (the layer's and every head's)",
+                 "in:proj": "the concatenated heads (proj's input)", "out:proj": "the projection's output",
+                 "out:": "the layer's output"}
+for _i in range(NH):
+    DROPOUT_NAMES.update({**oracles.dropout_names(f"heads_{_i}", f"head {_i}"),
+                          f"heads_{_i}/Dropout_0": f"head {_i}'s attention weights (wei, after the softmax)"})
 
 
 @pytest.fixture
@@ -181,28 +195,49 @@ def test_causal(impl, x):
                              lambda inp: inp.at[:, position + 1:].set(7.0), "MultiHeadAttention's output")
 
 
-def test_dropout(impl, x):
-    """Dropout acts in the heads and after proj in training, uses the 'dropout' RNG, is off when deterministic"""
-    rate = 0.5
-    mha, params = _init(impl, x, dropout_rate=rate)
+def _both(impl, reference, x):
+    """The learner's MultiHeadAttention and the reference's, built alike with a non-round dropout rate, and the
+    reference's parameters (which the learner's must accept)."""
+    learner = impl.MultiHeadAttention(num_heads=NH, head_size=HS, dropout_rate=RATE)
+    ref = reference.MultiHeadAttention(num_heads=NH, head_size=HS, dropout_rate=RATE)
+    variables = ref.init(jax.random.key(1), x)
+    oracles.require_tree(learner, x, variables, "MultiHeadAttention")
+    return learner, ref, variables
+
+
+def _heads_are_task_3(message: str) -> str:
+    if "the output of `heads_" not in message:  # the heads agree up to where the two part
+        return message
+    return (message + "\n  The heads are your Head from task 3: if its check fails, fix it first; if it passes, "
+            "look at how the heads are built and called here (head_size, dropout_rate, deterministic).")
+
+
+def test_same_as_reference(impl, reference, x):
+    """Same steps as the reference on its parameters, for T = 1, 6, 37, batch 1 to 4, training and evaluation"""
+    learner, ref, variables = _both(impl, reference, x)
+    try:
+        oracles.same_as_reference(
+            learner, ref, variables, SHAPES, "MultiHeadAttention", C=C, first=x, task=impl.task,
+            build=lambda view: view.MultiHeadAttention(num_heads=NH, head_size=HS, dropout_rate=RATE))
+    except checks.CheckFailed as failed:
+        checks.fail(_heads_are_task_3(str(failed)))
+
+
+def test_dropout(impl, reference, x):
+    """Dropout acts in every head and after proj, at the dropout_rate, only in training, with the 'dropout' RNG"""
+    mha, ref, params = _both(impl, reference, x)
     quiet = checks.without_dropout_rng(lambda: mha.apply(params, x, deterministic=True), "MultiHeadAttention")
     checks.assert_close(quiet, impl.MultiHeadAttention(NH, HS).apply(params, x),
                         "the output with deterministic=True", rtol=1e-5, atol=1e-6)
-    noisy = np.asarray(mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
+    differential.assert_same_dropout(mha, ref, params, (x,), "MultiHeadAttention", RATE, names=DROPOUT_NAMES)
+    # What it drops is right; now the randomness: the 'dropout' stream, the key, and nothing else.
+    noisy = checks.as_array(mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)}),
+                            "MultiHeadAttention's output")
     again = mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     other = mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
-    quiet = np.asarray(quiet)
     if np.allclose(noisy, quiet):
-        checks.fail("with deterministic=False and dropout_rate=0.5 the output did not change: is dropout "
+        checks.fail(f"with deterministic=False and dropout_rate={RATE} the output did not change: is dropout "
                     "applied, and does it receive `deterministic`?")
     checks.assert_close(again, noisy, "the output for the same dropout key", rtol=0, atol=0)
     if np.allclose(noisy, other):
         checks.fail("two different dropout keys gave the same output: take the key from the 'dropout' stream.")
-    dropped = noisy == 0.0
-    if dropped.mean() < 0.2:
-        checks.fail(f"with dropout_rate=0.5 only {dropped.mean():.0%} of the outputs are zero, where about half "
-                    "should be: apply nn.Dropout(self.dropout_rate) to proj's output, as the video's "
-                    "`self.dropout(self.proj(out))` does.")
-    if np.allclose(noisy[~dropped], quiet[~dropped] / (1 - rate), rtol=1e-4, atol=1e-5):
-        checks.fail("dropout after proj works, but the heads ran without dropout: pass dropout_rate to every "
-                    "Head and call each head with `deterministic`, so its attention weights are dropped too.")

@@ -2,8 +2,10 @@
 
 Oracles: `nn.MultiHeadDotProductAttention` run with the learner's parameters and `nn.make_causal_mask`; its
 `init` for the parameter tree; the GPT of tests/oracles_gpt.py with the learner's attention in place of
-Flax's, on the same parameters; a float64 numpy computation, head by head; causality and dropout
-properties. Known mistakes are named by recomputing them in numpy from the learner's parameters.
+Flax's, on the same parameters; a float64 numpy computation, head by head; the reference's layer on the same
+parameters, submodule by submodule, for lengths and batches that don't hide mistakes (jaxgpt/differential.py);
+its dropout, matched by what it drops; causality. Known mistakes are named by recomputing them in numpy from the
+learner's parameters, and by the catalogue's mistakes when one gives exactly the learner's output.
 """
 
 import jax
@@ -12,7 +14,7 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks, outcomes
+from jaxgpt import checks, differential, outcomes
 import oracles
 import oracles_gpt
 
@@ -20,6 +22,14 @@ TASK = 5
 
 B, T, C, H = 2, 6, 12, 3
 D = C // H  # 4: the head dimension
+# The reference-differential check's inputs (B, T): the initialisation's, T longer than any small constant a
+# learner might hard-code, T = 1 with batch 1; B, T, C, H and D differ from each other.
+SHAPES = [(B, T), (5, 37), (1, 1)]
+RATE = oracles.DROPOUT_RATE
+DROPOUT_NAMES = {"Dropout_0": "the attention weights (wei, after the softmax)", "in:": "the layer's input x",
+                 "out:query": "q (the query projection)", "out:key": "k (the key projection)",
+                 "out:value": "v (the value projection)", "in:out": "the heads' outputs (the out projection's input)",
+                 "out:out": "the layer's output (the out projection's)", "out:": "the layer's output"}
 
 
 @pytest.fixture
@@ -50,6 +60,8 @@ def _run(call):
         where = outcomes.learner_frame(err)
         if where is None or not any(word in where.lower() for word in ("mask", "tril", "where", "inf")):
             raise  # a broadcasting error elsewhere: the learner's own traceback says it best
+        if not _mask_misses_head_axis(str(err)):
+            raise  # a mask of another length, say: the check that made the call says what it tried
         message = (
             f"your code raised {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}\n    at {where}\n"
             "  Likely cause: the scores hold every head at once, shape (B, H, T, S), and a "
@@ -57,6 +69,19 @@ def _run(call):
             "needs a head axis too, e.g. (B, 1, T, T) as nn.make_causal_mask gives.")
     # Failing outside the except block keeps JAX's long traceback out of the report (and its formatting time).
     checks.fail(message)
+
+
+def _mask_misses_head_axis(error: str) -> bool:
+    """Whether a broadcasting error between the (B, H, T, S) scores and a mask is in the axes before (T, S):
+    the mask fits the time axes and not the head axis, which is what the hint in `_run` says."""
+    import re
+
+    shapes = [tuple(int(n) for n in re.findall(r"\d+", group)) for group in re.findall(r"\(([\d,\s]*)\)", error)]
+    scores = [shape for shape in shapes if len(shape) == 4]
+    if not scores:
+        return False
+    fits = lambda a, b: all(m == n or 1 in (m, n) for m, n in zip(a, b))  # noqa: E731
+    return any(shape != scores[0] and len(shape) >= 2 and fits(shape[-2:], scores[0][-2:]) for shape in shapes)
 
 
 def _flax_tree(x):
@@ -139,6 +164,15 @@ def _softmax_over_heads(params, x, fill):
         return _merge(params, _by_head(wei @ v))
 
 
+def _softmax_over_axes(params, x, axes):  # the masked scores (B, H, T, S) normalised over other axes
+    q, k, v = (_by_head(a) for a in _projections(params, x))
+    scores = _masked_scores(q, k)
+    with np.errstate(invalid="ignore"):
+        shifted = scores - np.max(scores, axis=axes, keepdims=True)
+        e = np.exp(shifted)
+        return _merge(params, _by_head(e / e.sum(axis=axes, keepdims=True) @ v))
+
+
 def _heads_share_scores(params, x):  # 'bthd,bshd->bts': the scores summed over the heads as well
     q, k, v = _projections(params, x)
     wei = np.einsum("bthd,bshd->bts", q, k) * D**-0.5
@@ -191,6 +225,8 @@ def _diagnose(params, x):
          lambda: _attention(params, x, mask=None)),
         ("the mask keeps the upper triangle: position t should see 0..t (jnp.tril), not t..T-1.",
          lambda: _attention(params, x, mask="upper")),
+        ("masked scores are set to 0 instead of -inf, so the future still gets weight after the softmax.",
+         lambda: _attention(params, x, mask_value=0.0)),
         ("the scores are transposed: 'bthd,bshd->bhst' gives q_s . k_t at [t, s], so the mask lands on the "
          "wrong triangle of the true scores. The query's index comes first: 'bthd,bshd->bhts'.",
          lambda: _attention(params, x, swap_qk=True)),
@@ -204,6 +240,12 @@ def _diagnose(params, x):
          lambda: _softmax_over_heads(params, x, -1e9)),
         ("the softmax runs over the queries (axis=-2): normalise over the keys, the last axis (axis=-1).",
          lambda: _attention(params, x, softmax_axis=-2)),
+        ("the softmax runs over the heads and the keys together (axis=(1, 3)): each head normalises its own "
+         "row, over the keys alone (axis=-1).", lambda: _softmax_over_axes(params, x, (1, 3))),
+        ("the softmax runs over the queries and the keys together (axis=(2, 3)): normalise each row, over the "
+         "keys alone (axis=-1).", lambda: _softmax_over_axes(params, x, (2, 3))),
+        ("the softmax runs over the batch axis (axis=0): normalise over the keys, the last axis (axis=-1).",
+         lambda: _softmax_over_axes(params, x, 0)),
         ("the heads are reshaped where they should be transposed: (B, T, H, D).reshape(B, H, T, D) mixes "
          "positions and heads. Use .transpose(0, 2, 1, 3) (or einsum's index letters), and the same on the "
          "way back.", lambda: _reshaped_not_transposed(params, x)),
@@ -282,9 +324,14 @@ def test_drops_into_the_gpt(impl, x):
     flax_gpt = oracles_gpt.OracleGPT(**config)
     params = flax_gpt.init(jax.random.key(3), idx)
     yours = oracles_gpt.OracleGPT(**config, attention=oracles_gpt.module_attention(impl.EinsumMultiHeadAttention))
-    checks.assert_close(_apply(yours, params, idx), flax_gpt.apply(params, idx),
-                        "the GPT's logits with your attention", rtol=1e-4, atol=1e-4,
-                        diagnose=lambda got: _GPT_HINT)
+    try:
+        checks.assert_close(_apply(yours, params, idx), flax_gpt.apply(params, idx),
+                            "the GPT's logits with your attention", rtol=1e-4, atol=1e-4)
+    except checks.CheckFailed as failed:
+        message = str(failed)
+    else:
+        return
+    checks.fail(f"{message}\n  {_GPT_HINT[0].upper()}{_GPT_HINT[1:]}")  # a pointer, not a verified cause
 
 
 def test_causal(impl, x):
@@ -306,30 +353,54 @@ def test_any_sequence_length(impl, x):
                           f"jax.jit(apply) of EinsumMultiHeadAttention for T={t}")
 
 
-def test_dropout(impl, x):
-    """Dropout drops attention weights in training, uses the 'dropout' RNG, and is off when deterministic"""
-    attn, params = _init(impl, x, dropout_rate=0.5)
+def _both(impl, reference, x):
+    """The learner's layer and the reference's, built alike with a non-round dropout rate, and the reference's
+    parameters (which the learner's layer must accept)."""
+    learner = impl.EinsumMultiHeadAttention(num_heads=H, dropout_rate=RATE)
+    ref = reference.EinsumMultiHeadAttention(num_heads=H, dropout_rate=RATE)
+    variables = ref.init(jax.random.key(1), x)
+    oracles.require_tree(learner, x, variables, "EinsumMultiHeadAttention")
+    return learner, ref, variables
+
+
+def test_same_as_reference(impl, reference, x):
+    """Same steps as the reference on its parameters, for T = 1, 6, 37, batch 1 to 5, training and evaluation"""
+    learner, ref, variables = _both(impl, reference, x)
+    oracles.same_as_reference(learner, ref, variables, SHAPES, "EinsumMultiHeadAttention", C=C, first=x, task=impl.task,
+                              build=lambda view: view.EinsumMultiHeadAttention(num_heads=H, dropout_rate=RATE),
+                              run=_run)
+
+
+def test_dropout(impl, reference, x):
+    """Dropout acts on the attention weights, at the dropout_rate, only in training, with the 'dropout' RNG"""
+    attn, ref, params = _both(impl, reference, x)
     quiet = checks.without_dropout_rng(lambda: _apply(attn, params, x, deterministic=True),
                                        "EinsumMultiHeadAttention")
     checks.assert_close(quiet, _apply(impl.EinsumMultiHeadAttention(num_heads=H), params, x),
                         "the output with deterministic=True", rtol=1e-5, atol=1e-6)
-    noisy = np.asarray(_apply(attn, params, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
+    q, k, _ = (_by_head(a) for a in _projections(params, x))
+    _run(lambda: differential.assert_same_dropout(
+        attn, ref, params, (x,), "EinsumMultiHeadAttention", RATE, names=DROPOUT_NAMES,
+        describe=oracles.scores_describer(lambda: q, lambda: k, D**-0.5)))
+    # What it drops is right; now the randomness: the 'dropout' stream, the key, and nothing else.
+    noisy = checks.as_array(_apply(attn, params, x, deterministic=False, rngs={"dropout": jax.random.key(3)}),
+                            "EinsumMultiHeadAttention's output")
     again = _apply(attn, params, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     other = _apply(attn, params, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
     if np.allclose(noisy, quiet):
-        checks.fail("with deterministic=False and dropout_rate=0.5 the output did not change: is dropout "
+        checks.fail(f"with deterministic=False and dropout_rate={RATE} the output did not change: is dropout "
                     "applied, and does it receive `deterministic`?")
     checks.assert_close(again, noisy, "the output for the same dropout key", rtol=0, atol=0)
     if np.allclose(noisy, other):
         checks.fail("two different dropout keys gave the same output: take the key from the 'dropout' stream.")
-    if (noisy == 0.0).mean() > 0.2:
-        checks.fail("about half of the outputs are exactly zero: dropout seems to act on the layer's output; "
-                    "here, as in Flax's layer, it acts on the attention weights, before they multiply v.")
     # Dropout's mask depends on the key, not on x, so with one key changing the last token must leave the
     # earlier positions as they were, in training as well as in evaluation.
-    changed = _apply(attn, params, x.at[:, -1].add(1.0), deterministic=False, rngs={"dropout": jax.random.key(3)})
-    if not np.allclose(np.asarray(changed)[:, :-1], noisy[:, :-1], rtol=1e-5, atol=1e-6):
+    changed = x.at[:, -1].add(1.0)
+    noisy_changed = _apply(attn, params, changed, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    if not np.allclose(np.asarray(noisy_changed)[:, :-1], noisy[:, :-1], rtol=1e-5, atol=1e-6):
+        quiet_changed = np.asarray(_apply(attn, params, changed, deterministic=True))
+        leaks_anyway = not np.allclose(quiet_changed[:, :-1], np.asarray(quiet)[:, :-1], rtol=1e-5, atol=1e-6)
         checks.fail("with deterministic=False (same dropout key), changing the last token changed the earlier "
-                    "positions: in training the future leaks in.\n  Likely cause: dropout is applied to the "
-                    "scores before the softmax, so it turns some -inf entries into 0 and the future gets "
-                    "weight; apply it to the weights after the softmax.")
+                    "positions: in training the future leaks in"
+                    + (", and with deterministic=True as well: see the causality check." if leaks_anyway else
+                       ", although with deterministic=True it does not."))

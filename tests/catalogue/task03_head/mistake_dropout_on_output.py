@@ -1,5 +1,5 @@
 MISTAKE = "applies dropout to the head's output instead of the attention weights"
-DIAGNOSIS = "acts on the attention weights"
+DIAGNOSIS = "acts on the head's output instead"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,7 +1,7 @@
 """Task 3: one head of causal self-attention."""
 
 MISTAKE = "applies dropout to the scores before the softmax instead of to the attention weights"
-DIAGNOSIS = "dropout is applied to the scores before the softmax"
+DIAGNOSIS = "acts on the scores before the softmax"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,7 +1,7 @@
 """Task 4: multi-head attention from heads."""
 
 MISTAKE = "applies the dropout to the concatenated heads before the projection instead of after it"
-DIAGNOSIS = None
+DIAGNOSIS = "acts on the concatenated heads (proj's input) instead"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,5 +1,5 @@
 MISTAKE = "calls each head without passing deterministic, so the heads never drop attention weights"
-DIAGNOSIS = "heads ran without dropout"
+DIAGNOSIS = "runs with deterministic=True in training, so it never drops anything"
 
 
 import jax.numpy as jnp

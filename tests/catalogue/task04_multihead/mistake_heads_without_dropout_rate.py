@@ -1,5 +1,5 @@
 MISTAKE = "builds the heads as Head(head_size) without the dropout rate"
-DIAGNOSIS = "pass dropout_rate to every Head"
+DIAGNOSIS = "`heads_0` is built with dropout_rate=0"
 
 
 import jax.numpy as jnp

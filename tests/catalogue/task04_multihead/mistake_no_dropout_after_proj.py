@@ -1,5 +1,5 @@
 MISTAKE = "leaves out the dropout after the projection"
-DIAGNOSIS = "to proj's output"
+DIAGNOSIS = "the dropout on the projection's output (after proj) is missing"
 
 
 import jax.numpy as jnp

@@ -1,7 +1,7 @@
 """Task 5: all heads at once with einsum."""
 
 MISTAKE = "applies dropout to the masked scores before the softmax"
-DIAGNOSIS = "dropout is applied to the scores before the softmax"
+DIAGNOSIS = "acts on the scores before the softmax"
 
 import jax.numpy as jnp
 import flax.linen as nn

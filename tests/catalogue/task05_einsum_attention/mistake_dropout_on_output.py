@@ -1,5 +1,5 @@
 MISTAKE = "applies dropout to the layer's output instead of the attention weights"
-DIAGNOSIS = "acts on the attention weights"
+DIAGNOSIS = "acts on the layer's output (the out projection's) instead"
 
 
 import jax.numpy as jnp
