@@ -258,6 +258,9 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, "{COLAB_DIR}")  # an editable install is only seen after a restart; this makes it now
 
 from jaxgpt import check, hint
+from jaxgpt.grading import warm_up
+
+warm_up()  # checks run in a separate process, which starts loading JAX now, so the first check(N) is quick
 
 %matplotlib inline'''
 
