@@ -1,7 +1,7 @@
 """Task 8: sampling with temperature and top-k, then a jittable loop."""
 
 MISTAKE = "generate_jit samples with temperature 1 and no top-k, forgetting to pass them to the sampler"
-DIAGNOSIS = "top k must get probability 0"
+DIAGNOSIS = "neither the temperature nor top_k reaches the sampler"
 
 from functools import partial
 

@@ -1,7 +1,7 @@
 """Task 8: sampling with temperature and top-k, then a jittable loop."""
 
 MISTAKE = "splits key, subkey = jax.random.split(key) but samples with key, the one carried to the next step"
-DIAGNOSIS = None
+DIAGNOSIS = "sampled with the key carried on to the next step"
 
 from functools import partial
 

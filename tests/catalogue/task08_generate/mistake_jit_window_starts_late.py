@@ -1,6 +1,8 @@
 """Task 8: sampling with temperature and top-k, then a jittable loop."""
 
-CORRECT = "samples each row with jax.random.choice over softmax probabilities, vmapped over the batch with one key per row"
+MISTAKE = "generate_jit starts its window at length - W + 1 (off by one on the buffer index), so once the buffer is full the model sees block_size - 1 tokens and a padding slot"
+DIAGNOSIS = "a start one late"
+
 
 from functools import partial
 
@@ -14,9 +16,7 @@ def _sample_next(logits, key, temperature, top_k):
     if top_k is not None:
         kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
         logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    probs = jax.nn.softmax(logits, axis=-1)  # (B, V)
-    keys = jax.random.split(key, logits.shape[0])
-    return jax.vmap(lambda k, p: jax.random.choice(k, p.shape[-1], p=p))(keys, probs)  # (B,)
+    return jax.random.categorical(key, logits, axis=-1)  # (B,)
 
 
 def generate(model, params, idx, key, max_new_tokens, temperature=1.0, top_k=None):
@@ -55,7 +55,7 @@ def generate_jit(model, params, idx, key, max_new_tokens, temperature=1.0, top_k
     def step(i, carry):
         buffer, key = carry
         length = T + i  # tokens written so far
-        start = jnp.maximum(length - window, 0)
+        start = jnp.maximum(length - window + 1, 0)
         idx_cond = jax.lax.dynamic_slice(buffer, (0, start), (B, window))  # (B, W)
         logits = model.apply({"params": params}, idx_cond, deterministic=True)  # (B, W, V)
         last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
