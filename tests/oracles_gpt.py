@@ -199,26 +199,3 @@ def random_fill(shapes, seed: int = 0, scale: float = 0.2):
         return np.asarray(value, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def dropout_calls(run: Callable[[], Any]) -> list[tuple[str, bool]]:
-    """Runs `run()` and lists `(module path, deterministic)` for every nn.Dropout and Flax attention layer
-    with a non-zero rate that it called: whether `deterministic` reached each of them."""
-    import inspect
-
-    seen = []
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        rate = getattr(module, "rate", getattr(module, "dropout_rate", 0.0))
-        if context.method_name == "__call__" and isinstance(module, (nn.Dropout, nn.MultiHeadDotProductAttention)) \
-                and rate:
-            bound = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
-            flag = bound.arguments.get("deterministic")
-            flag = module.deterministic if flag is None else flag
-            seen.append(("/".join(module.scope.path) if module.scope else type(module).__name__, bool(flag)))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        run()
-    return seen

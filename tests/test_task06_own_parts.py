@@ -2,8 +2,15 @@
 
 Oracles: Flax's `nn.LayerNorm` and a float64 layer norm by hand (with inputs of tiny variance, where epsilon
 matters); a GPT built from Flax's layers (tests/oracles_gpt.py) whose parameters, in task 1's tree, are
-loaded into the learner's Block and MiniGPT; causality, jit and dropout properties. A failure names its likely
-cause by recomputing the usual wrong variants, and says when the wrong part is one from task 1 or task 5.
+loaded into the learner's Block and MiniGPT; the reference modules themselves (jaxgpt/differential.py), run on
+the same parameters and compared submodule by submodule in evaluation and training mode, with every dropout
+judged by what it drops and at what rate; causality, jit and the dropout RNG. A failure names its likely
+cause by recomputing the usual wrong variants or the catalogued mistake whose output the learner's equals,
+or else the first submodule where the two part; and when that submodule is the learner's FeedForward (task 1)
+or EinsumMultiHeadAttention (task 5) and it is wrong on its own, it says so, with the task to fix first.
+
+Sizes as in task 1's suite: all different (vocab 13, block_size 37, n_embd 24, 3 heads of 8, batch 2), T = 1,
+5 and block_size, a batch of one, T = 257 for Block, and dropout_rate 0.37.
 """
 
 
@@ -12,15 +19,18 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt import checks, differential
 import oracles_gpt as og
-from module_checks import build as _build, jitted_logits, logits as _logits, missing_dropouts
-from module_checks import own_params as _own_params, require_tree, tree_of as _tree_of
+from module_checks import RATE, block_names, build as _build, first_non_finite, first_of, jitted_logits
+from module_checks import logits as _logits, logits_shape_hint, model_names, output, own_params as _own_params
+from module_checks import position_explainer, require_tree, require_tree_where_it_traces, same_behaviour
+from module_checks import same_dropout, tree_of as _tree_of
 
 TASK = 6
 
-V, BLOCK_SIZE, C, H, L = 11, 8, 16, 2, 2  # vocab_size, block_size, n_embd, n_head, n_layer
+V, BLOCK_SIZE, C, H, L = 13, 37, 24, 3, 2  # vocab_size, block_size, n_embd, n_head (head_size 8), n_layer
 B, T = 2, BLOCK_SIZE
+LONG_T = 257  # for Block: longer than any block_size a mask could be built for by hand
 FIELDS = dict(vocab_size=V, block_size=BLOCK_SIZE, n_embd=C, n_head=H, n_layer=L)
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -42,6 +52,11 @@ def x():
 
 
 @pytest.fixture(scope="module")
+def x_long():
+    return np.random.default_rng(4).standard_normal((1, LONG_T, C)).astype(np.float32)  # a batch of one
+
+
+@pytest.fixture(scope="module")
 def ln_params():
     rng = np.random.default_rng(3)
     return {"params": {"scale": (1 + 0.3 * rng.standard_normal(C)).astype(np.float32),
@@ -52,9 +67,11 @@ def ln_params():
 
 
 def layer_norm64(x, p, *, epsilon=1e-6, axis=-1, ddof=0, eps_inside_sqrt=True, sqrt=True, centre=True,
-                 affine=True, swap_scale_bias=False):
+                 affine=True, swap_scale_bias=False, affine_first=False):
     """Layer norm in float64 by hand, with switches for the usual mistakes."""
     x = np.asarray(x, np.float64)
+    if affine_first:  # scale and bias applied to x, which is normalised afterwards
+        return layer_norm64(x * p["scale"] + p["bias"], p, epsilon=epsilon, affine=False)
     mean = x.mean(axis=axis, keepdims=True)
     var = x.var(axis=axis, keepdims=True, ddof=ddof)
     if not sqrt:
@@ -84,6 +101,8 @@ def _diagnose_layer_norm(x, p, epsilon=1e-6):
         ("the mean is not subtracted: (x - mean) / sqrt(var + eps).", dict(centre=False)),
         ("scale and bias are not applied: return normalised * scale + bias.", dict(affine=False)),
         ("scale and bias are swapped: normalised * scale + bias.", dict(swap_scale_bias=True)),
+        ("scale and bias are applied to x before normalising, so normalising undoes them: normalise first, then "
+         "normalised * scale + bias.", dict(affine_first=True)),
     ]
     if epsilon == 1e-6:
         variants += [
@@ -162,6 +181,15 @@ def test_layernorm_any_leading_shape(impl, x, ln_params):
     checks.assert_close(jitted, layer_norm64(x, ln_params["params"]), "LayerNorm's output under jax.jit", **TOL)
 
 
+def test_layernorm_same_as_reference(impl, reference, x, ln_params):
+    """LayerNorm computes what the lesson's does, for T = 1 and 5, a batch of one and tiny variance"""
+    ln = _build(impl.LayerNorm)
+    require_tree_where_it_traces(ln, (x,), ln_params, "LayerNorm")
+    same_behaviour(ln, reference.LayerNorm(), ln_params,
+                   [(2.0 * x + 0.5,), (1e-3 * x[:1, :5],), (x[:, :1],)], "LayerNorm", task=impl.task,
+                   build=lambda view: view.LayerNorm(), plain=True)
+
+
 # --- Block --------------------------------------------------------------------------------------------------
 
 
@@ -207,62 +235,129 @@ def test_block_output(impl, params, x):
     block = _build(impl.Block, n_embd=C, n_head=H)
     p = params["params"]["blocks_0"]
     require_tree(block, (x,), {"params": p}, "Block")
-    out = checks.without_dropout_rng(lambda: block.apply({"params": p}, x), "Block")
+    out = output(lambda: block.apply({"params": p}, x), (B, T, C), "Block's output")
     checks.assert_close(out, og.block(p, x, H), "Block's output", **TOL, diagnose=_diagnose_block(impl, p, x))
 
 
-def _why_positions_mix(impl, x, position):
-    """Which part lets a position see later ones: the learner's LayerNorm, or else the attention."""
+def _leaks(make, x, position):
+    """Whether the module `make()` (initialised on x) lets outputs up to `position` see inputs after it."""
     changed = x.copy()
     changed[:, position + 1:] = 3.0
     try:
-        ln = impl.LayerNorm()
-        p = ln.init(jax.random.key(0), x)
-        leak = np.abs(np.asarray(ln.apply(p, x)) - np.asarray(ln.apply(p, changed)))[:, :position + 1].max()
-    except Exception:  # the LayerNorm checks report its own errors
-        leak = 0.0
-    if leak > 1e-5:
-        return ("your LayerNorm mixes positions: its mean and variance must be over the last axis (the channels "
-                "of one position), not over time.")
-    return "attention sees the future: the Block should use your EinsumMultiHeadAttention (task 5), which is causal."
+        module = make()
+        p = module.init(jax.random.key(0), x)
+        change = np.abs(np.asarray(module.apply(p, x)) - np.asarray(module.apply(p, changed)))
+        return change[:, :position + 1].max() > 1e-5
+    except Exception:  # the part's own checks report its errors
+        return False
+
+
+def _why_positions_mix(impl, x, position):
+    """Which of the learner's parts lets a position see later ones, each run alone: their LayerNorm, their
+    task-5 attention; else where to look, said as a pointer rather than as the cause."""
+    if _leaks(lambda: impl.LayerNorm(), x, position):
+        return ("\n  Likely cause: your LayerNorm mixes positions: its mean and variance must be over the last axis "
+                "(the channels of one position), not over time.")
+    if _leaks(lambda: impl.other(5).EinsumMultiHeadAttention(H), x, position):
+        return ("\n  Likely cause: your EinsumMultiHeadAttention (task 5) lets a position see later ones: make task "
+                "5's check pass first.")
+    return ("\n  Your LayerNorm and your task-5 attention are each causal on their own, so look at how the Block "
+            "uses them: it should call your EinsumMultiHeadAttention (task 5), which always applies the mask, and "
+            "mix nothing over the time axis outside it.")
 
 
 def test_block_is_causal(impl, x):
     """Block's output at position t does not depend on inputs after t"""
     block = _build(impl.Block, n_embd=C, n_head=H)
     p = _own_params(block, x)
-    before = np.asarray(block.apply(p, x))
+    before = output(lambda: block.apply(p, x), (B, T, C), "Block's output")
     position = T // 2
     changed = x.copy()
     changed[:, position + 1:] = 3.0
-    after = np.asarray(block.apply(p, changed))
+    after = output(lambda: block.apply(p, changed), (B, T, C), "Block's output")
     change = np.abs(before[:, :position + 1] - after[:, :position + 1]).max()
     if change > 1e-5:
         checks.fail(f"Block's output at positions 0..{position} changed by {change:.3g} when only the inputs after "
-                    f"position {position} changed.\n  Likely cause: {_why_positions_mix(impl, x, position)}")
+                    f"position {position} changed." + _why_positions_mix(impl, x, position))
 
 
-def test_block_dropout(impl, x):
-    """Block's dropout is off with deterministic=True and reaches every layer with deterministic=False"""
-    block = _build(impl.Block, n_embd=C, n_head=H, dropout_rate=0.5)
-    p = _own_params(block, x)
-    quiet = checks.without_dropout_rng(lambda: block.apply(p, x, deterministic=True), "Block")
-    checks.assert_close(quiet, _build(impl.Block, n_embd=C, n_head=H).apply(p, x),
-                        "Block's output with dropout_rate=0.5 and deterministic=True", rtol=1e-6, atol=1e-6)
-    training = jax.jit(lambda key: block.apply(p, x, deterministic=False, rngs={"dropout": key}))
-    calls = og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
-    ignored = [path for path, deterministic in calls if deterministic]
-    if ignored:
-        checks.fail(f"Block was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
-                    "deterministic=True, so dropout stays off there in training: pass `deterministic` on to the "
-                    "attention, the FeedForward and every nn.Dropout.")
-    missing = missing_dropouts(calls)
-    if missing:
-        checks.fail(f"with deterministic=False Block ran dropout only inside attn and ffwd.\n  Likely cause: "
-                    f"{missing[0]}.")
-    if np.allclose(training(jax.random.key(3)), quiet):
-        checks.fail("with deterministic=False and dropout_rate=0.5 Block's output did not change: is dropout "
-                    "applied, and does every layer receive `deterministic`?")
+# The learner's own parts inside Block and MiniGPT: (submodule name, the part's class in the learner's
+# implementation, how it is built, the task it comes from).
+def _parts():
+    return [("ln1", lambda v: v.LayerNorm, lambda m: m(), 6), ("ln2", lambda v: v.LayerNorm, lambda m: m(), 6),
+            ("attn", lambda v: v.other(5).EinsumMultiHeadAttention, lambda m: m(H, RATE), 5),
+            ("ffwd", lambda v: v.other(1).FeedForward, lambda m: m(C, RATE), 1)]
+
+
+def _part_explainer(impl, reference_module, learner_module, variables, prefixes):
+    """When Block or MiniGPT part ways with the reference, whether one of the learner's own parts (their
+    LayerNorm, their task-5 attention, their task-1 FeedForward) is itself wrong: each part the learner's
+    module calls is run alone on the input it receives in the reference, with the same parameters, and
+    compared with the reference's part. Says the task and the part; None when every part is right alone."""
+
+    def explain(args):
+        try:
+            expected = differential.record(reference_module, variables, *args, deterministic=True)
+            mine = differential.record(learner_module, variables, *args, deterministic=True)
+        except Exception:
+            return None
+        ref_events = {ev.key: ev for ev in expected.events}
+        used = {(ev.path, ev.cls) for ev in mine.events}
+        for prefix in prefixes:
+            for name, part_of, make, task in _parts():
+                path = f"{prefix}/{name}" if prefix else name
+                given, wanted = ref_events.get(("in", path, 0)), ref_events.get(("out", path, 0))
+                try:
+                    cls = part_of(impl)
+                except Exception:
+                    continue
+                if given is None or wanted is None or (path, cls.__name__) not in used:
+                    continue
+                sub = variables["params"]
+                for key in path.split("/"):
+                    sub = sub[key]
+                try:
+                    got = np.asarray(make(cls).apply({"params": sub}, given.value))
+                except Exception:
+                    continue
+                if differential._close(got, wanted.value):
+                    continue
+                diff = differential._difference(got, wanted.value)
+                if task == 6:
+                    return (f"Likely cause: `{path}` is your LayerNorm, and on its own it does not compute what the "
+                            f"lesson's does on the input `{path}` receives ({diff}): the LayerNorm checks say how.")
+                where = impl.implementation.where(impl.other(task).task)
+                return (f"Likely cause: `{path}` is your {cls.__name__} from task {task} ({where}), and on its own "
+                        f"it does not compute what the lesson's {cls.__name__} does on the input `{path}` receives "
+                        f"({diff}): task {task}'s check says how; make it pass first.")
+        return None
+
+    return explain
+
+
+def test_block_same_as_reference(impl, reference, params, x, x_long):
+    """Block computes what the lesson's does, layer by layer, for T = 1, 5, 37 and 257, in evaluation and training"""
+    block = _build(impl.Block, n_embd=C, n_head=H, dropout_rate=RATE)
+    variables = {"params": params["params"]["blocks_0"]}
+    require_tree_where_it_traces(block, (x,), variables, "Block")
+    expected = reference.Block(n_embd=C, n_head=H, dropout_rate=RATE)
+    same_behaviour(block, expected, variables, [(x,), (x[:1, :5],), (x[:, :1],), (x_long,)], "Block",
+                   task=impl.task, build=lambda view: view.Block(n_embd=C, n_head=H, dropout_rate=RATE),
+                   explain=_part_explainer(impl, expected, block, variables, [""]))
+
+
+def test_block_dropout(impl, reference, params, x):
+    """In training Block drops attention weights, attention output and feed-forward output, once each, at its rate"""
+    block = _build(impl.Block, n_embd=C, n_head=H, dropout_rate=RATE)
+    variables = {"params": params["params"]["blocks_0"]}
+    require_tree(block, (x,), variables, "Block")
+    quiet = output(lambda: block.apply(variables, x, deterministic=True), (B, T, C),
+                   f"Block's output with dropout_rate={RATE} and deterministic=True")
+    checks.assert_close(quiet, _build(impl.Block, n_embd=C, n_head=H).apply(variables, x),
+                        f"Block's output with dropout_rate={RATE} and deterministic=True", rtol=1e-6, atol=1e-6)
+    expected = reference.Block(n_embd=C, n_head=H, dropout_rate=RATE)
+    same_dropout(block, expected, variables, (x,), "Block", block_names(own_parts=True),
+                 explain=_part_explainer(impl, expected, block, variables, [""]))
 
 
 # --- MiniGPT ------------------------------------------------------------------------------------------------
@@ -279,7 +374,7 @@ def test_logits_match_task1_model(impl, params, idx):
     model = _build(impl.MiniGPT, **FIELDS)
     require_tree(model, (idx,), params, "MiniGPT")
     logits = _logits(model, params, idx)
-    checks.assert_shape(logits, (B, T, V), "MiniGPT's logits")
+    checks.assert_shape(logits, (B, T, V), "MiniGPT's logits", logits_shape_hint(np.shape(logits), B, T, V, C))
     checks.assert_dtype(logits, np.float32, "MiniGPT's logits")
     checks.assert_close(logits, og.OracleGPT(**FIELDS).apply(params, idx), "MiniGPT's logits", **TOL,
                         diagnose=_diagnose_model(impl, params["params"], idx))
@@ -289,15 +384,18 @@ def test_causal(impl, idx, x):
     """The logits at position t do not depend on tokens after t"""
     model = _build(impl.MiniGPT, **FIELDS)
     p = _own_params(model, idx)
-    before = np.asarray(_logits(model, p, idx))
+    shape = (B, T, V)
+    first = _logits(model, p, idx)
+    before = output(lambda: first, shape, "MiniGPT's logits", logits_shape_hint(np.shape(first), B, T, V, C))
     for position in (0, T // 2):
         changed = idx.copy()
         changed[:, position + 1:] = (changed[:, position + 1:] + 1) % V
-        change = np.abs(before[:, :position + 1] - np.asarray(model.apply(p, changed))[:, :position + 1]).max()
+        after = output(lambda: model.apply(p, changed), shape, "MiniGPT's logits")
+        change = np.abs(before[:, :position + 1] - after[:, :position + 1]).max()
         if change > 1e-5:
             checks.fail(f"MiniGPT's logits at positions 0..{position} changed by {change:.3g} when only tokens "
-                        f"after position {position} changed: the model sees the future.\n"
-                        f"  Likely cause: {_why_positions_mix(impl, x, position)}")
+                        f"after position {position} changed: the model sees the future."
+                        + _why_positions_mix(impl, x, position))
 
 
 def test_shorter_sequences_under_jit(impl, params, idx):
@@ -307,34 +405,47 @@ def test_shorter_sequences_under_jit(impl, params, idx):
     t = 5
     logits = jitted_logits(model, params, idx[:, :t], BLOCK_SIZE)
     checks.assert_shape(logits, (B, t, V), f"MiniGPT's logits for T={t} under jax.jit")
+    first_non_finite(model, params, (idx[:, :t],), logits, f"MiniGPT's logits for T={t}")
     # Causality makes the logits of a prefix the first t rows of the whole sequence's logits.
     expected = np.asarray(og.OracleGPT(**FIELDS).apply(params, idx))[:, :t]
     checks.assert_close(logits, expected, f"MiniGPT's logits for T={t} under jax.jit", **TOL,
                         diagnose=_diagnose_model(impl, params["params"], idx[:, :t]))
 
 
+def test_model_same_as_reference(impl, reference, params, idx):
+    """MiniGPT computes what the lesson's does, layer by layer, for T = 1, 5 and block_size, in eval and training"""
+    model = _build(impl.MiniGPT, **FIELDS, dropout_rate=RATE)
+    require_tree_where_it_traces(model, (idx,), params, "MiniGPT")
+    expected = reference.MiniGPT(**FIELDS, dropout_rate=RATE)
+    same_behaviour(model, expected, params, [(idx,), (idx[:1, :5],), (idx[:, :1],)], "MiniGPT", task=impl.task,
+                   build=lambda view: view.MiniGPT(**FIELDS, dropout_rate=RATE),
+                   explain=first_of(position_explainer(model, params, BLOCK_SIZE),
+                                    _part_explainer(impl, expected, model, params, [f"blocks_{i}" for i in range(L)])))
+
+
+def test_model_dropout(impl, reference, params, idx):
+    """In training MiniGPT drops the embedding sum and, in every block, what Block drops, once each, at dropout_rate"""
+    model = _build(impl.MiniGPT, **FIELDS, dropout_rate=RATE)
+    require_tree(model, (idx,), params, "MiniGPT")
+    expected = reference.MiniGPT(**FIELDS, dropout_rate=RATE)
+    same_dropout(model, expected, params, (idx,), "MiniGPT", model_names(L, own_parts=True),
+                 explain=_part_explainer(impl, expected, model, params, [f"blocks_{i}" for i in range(L)]))
+
+
 def test_dropout(impl, idx):
-    """With deterministic=True dropout is off; with False it runs in every layer, from the 'dropout' RNG"""
-    model = _build(impl.MiniGPT, **FIELDS, dropout_rate=0.5)
+    """With deterministic=True dropout is off; with False it draws from the 'dropout' RNG (same key, same logits)"""
+    model = _build(impl.MiniGPT, **FIELDS, dropout_rate=RATE)
     p = _own_params(model, idx)
-    quiet = _logits(model, p, idx)
+    quiet = output(lambda: _logits(model, p, idx), (B, T, V), "MiniGPT's logits")
     checks.assert_close(quiet, _build(impl.MiniGPT, **FIELDS).apply(p, idx),
-                        "the logits with dropout_rate=0.5 and the default deterministic", rtol=1e-6, atol=1e-6)
+                        f"the logits with dropout_rate={RATE} and the default deterministic", rtol=1e-6, atol=1e-6)
     training = jax.jit(lambda key: model.apply(p, idx, deterministic=False, rngs={"dropout": key}))
-    calls = og.dropout_calls(lambda: jax.eval_shape(training, jax.random.key(0)))
-    ignored = [path for path, deterministic in calls if deterministic]
-    if ignored:
-        checks.fail(f"MiniGPT was called with deterministic=False, but {', '.join(ignored[:4])} ran with "
-                    "deterministic=True, so dropout stays off there in training: pass `deterministic` on to every "
-                    "Block and from there to every layer.")
-    missing = missing_dropouts(calls, FIELDS["n_layer"])
-    if missing:
-        checks.fail("with deterministic=False a dropout of the lesson's model never ran.\n  Likely cause: "
-                    + "; ".join(missing[:2]) + ".")
-    noisy, again, other = (np.asarray(training(jax.random.key(k))) for k in (3, 3, 4))
+    noisy, again, other = (output(lambda k=k: training(jax.random.key(k)), (B, T, V), "MiniGPT's logits in training")
+                           for k in (3, 3, 4))
+    first_non_finite(model, p, (idx,), noisy, "MiniGPT's logits in training", deterministic=False)
     if np.allclose(noisy, quiet):
-        checks.fail("with deterministic=False and dropout_rate=0.5 the logits did not change: is dropout applied, "
-                    "and does it receive `deterministic`?")
+        checks.fail(f"with deterministic=False and dropout_rate={RATE} the logits did not change: is dropout "
+                    "applied, and does it receive `deterministic`?")
     checks.assert_close(again, noisy, "the logits for the same dropout key", rtol=0, atol=0)
     if np.allclose(noisy, other):
         checks.fail("two different dropout keys gave the same logits: dropout must draw from the 'dropout' RNG "

@@ -1,5 +1,5 @@
 MISTAKE = "calls each Block without passing deterministic, so dropout inside the blocks never runs in training"
-DIAGNOSIS = "ran with deterministic=True"
+DIAGNOSIS = "runs with deterministic=True in training"
 
 
 import jax.numpy as jnp

@@ -1,7 +1,7 @@
 """Task 1: MiniGPT from Flax's own layers."""
 
 MISTAKE = "puts the feed-forward's dropout between the ReLU and the second Dense"
-DIAGNOSIS = "the dropout sits before proj"
+DIAGNOSIS = "acts on the feed-forward hidden layer"
 
 import jax.numpy as jnp
 import flax.linen as nn

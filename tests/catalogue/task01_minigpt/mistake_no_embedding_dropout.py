@@ -1,7 +1,7 @@
 """Task 1: MiniGPT from Flax's own layers."""
 
 MISTAKE = "leaves out the dropout after the token + position embedding sum"
-DIAGNOSIS = "no dropout after the embedding sum"
+DIAGNOSIS = "the dropout on the embedding sum (tok + pos) is missing"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,7 +1,7 @@
 """Task 1: MiniGPT from Flax's own layers."""
 
 MISTAKE = "adds the attention output to x without the dropout before the residual add"
-DIAGNOSIS = "no dropout on the attention output"
+DIAGNOSIS = "attention output (before the residual add) is missing"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,5 +1,5 @@
 MISTAKE = "calls FeedForward without deterministic, so its dropout never runs in training"
-DIAGNOSIS = "ran with deterministic=True"
+DIAGNOSIS = "runs with deterministic=True in training"
 
 
 import jax.numpy as jnp

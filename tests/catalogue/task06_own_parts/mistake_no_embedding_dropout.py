@@ -1,7 +1,7 @@
 """Task 6: LayerNorm, Block and MiniGPT from your own parts."""
 
 MISTAKE = "leaves out the dropout after the token + position embedding sum in MiniGPT"
-DIAGNOSIS = "no dropout after the embedding sum"
+DIAGNOSIS = "the dropout on the embedding sum (tok + pos) is missing"
 
 import jax.numpy as jnp
 import flax.linen as nn

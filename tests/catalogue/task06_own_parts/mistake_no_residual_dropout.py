@@ -1,7 +1,7 @@
 """Task 6: LayerNorm, Block and MiniGPT from your own parts."""
 
 MISTAKE = "leaves out the dropout on the attention output before the residual add in Block"
-DIAGNOSIS = "no dropout on the attention output"
+DIAGNOSIS = "attention output (before the residual add) is missing"
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -1,7 +1,7 @@
 """Task 6: LayerNorm, Block and MiniGPT from your own parts."""
 
 MISTAKE = "applies scale and bias to x first and normalises afterwards, which looks right at initialisation (scale 1, bias 0)"
-DIAGNOSIS = None
+DIAGNOSIS = "applied to x before normalising"
 
 import jax.numpy as jnp
 import flax.linen as nn
