@@ -8,7 +8,9 @@
 
 The execution tests run with JAXGPT_SMOKE=1 (training cells take a handful of steps) on a small corpus
 written here (JAXGPT_DATA), so they need neither the network nor tiny Shakespeare. The milestone cell is
-switched on (RUN_MILESTONE = True) in both runs, so that its code runs too.
+switched on (RUN_MILESTONE = True) in both runs, so that its code runs too. They take minutes, so they are
+marked `slow` as well as `notebook`: the default `uv run pytest` leaves them out; `uv run pytest -m notebook`
+runs them, and so does CI.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def _finale(nb):
     return [c for c in nb.cells if c.cell_type == "code" and c.id.startswith("finale-")]
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 @pytest.mark.timeout(EXECUTION_TIMEOUT_S)
 def test_notebook_with_solutions_passes_every_check(tmp_path, monkeypatch):
@@ -236,6 +239,7 @@ def test_notebook_with_solutions_passes_every_check(tmp_path, monkeypatch):
     assert "ROMEO:" in printed, "the finale's sample should start with its prompt"
 
 
+@pytest.mark.slow
 @pytest.mark.notebook
 @pytest.mark.timeout(EXECUTION_TIMEOUT_S)
 def test_notebook_with_stubs_runs_and_says_not_started(tmp_path, monkeypatch):
