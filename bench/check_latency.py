@@ -9,9 +9,10 @@ For each task it measures, in wall-clock seconds as the learner waits:
             check from the terminal;
   notebook  `check(N)` in a real Jupyter kernel that has run the notebook's set-up cell and its stub cells
             filled in with the reference solutions: the first call in a kernel whose cache is empty, the
-            first call in a kernel whose cache was filled by an earlier kernel, and a second call in the
-            same kernel (the tasks are checked in order 1..8, then again, as a learner would; the first
-            check comes --think-s seconds after the set-up and stub cells);
+            first call in a kernel whose cache was filled by an earlier kernel, and a call again in the
+            same kernel after re-running the stub cell (a learner's edit-and-check loop); the tasks are
+            taken in order 1..8, each stub cell run right before its check, then again, and the first
+            check comes --think-s seconds after the set-up cell (a learner reads before checking);
   watch     from saving the task's file to its verdict appearing under `jaxgpt watch`, once it has started:
             the first save of each task in the session, and later saves (--repeats - 1 of them); measured
             only where `jaxgpt watch --help` exists, in a temporary copy of the repository whose tasks/ holds
@@ -55,9 +56,11 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated figures to leave out: cold, warm, notebook, "
                         "watch (warm needs cold's caches: skipping cold fills them first, unmeasured)")
     parser.add_argument("--think-s", type=float, default=30.0,
-                        help="seconds a kernel sits idle after its set-up and stub cells before the first check, "
+                        help="seconds a kernel sits idle after its set-up cell before the first check, "
                         "as a learner reads and writes (a grader may warm up meanwhile; default 30)")
     parser.add_argument("--out", default=str(HERE / "results" / "check_latency.json"), help="the result file")
+    parser.add_argument("--update", action="store_true", help="keep the figures of the existing result file "
+                        "that this run does not measure (with the machine they were measured on)")
     args = parser.parse_args(argv)
     tasks = _parse_tasks(args.tasks)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -85,13 +88,37 @@ def main(argv=None) -> int:
     result["machine"]["load_average_at_end"] = _load()
     result["bench_wall_s"] = round(time.time() - started, 1)
 
+    out = Path(args.out)
+    if args.update and out.is_file():
+        result = _merged(json.loads(out.read_text(encoding="utf-8")), result,
+                         {"cold", "warm", "notebook", "watch"} - skip)
     print()
     print(table(result))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"\nwritten to {out}")
     return 0
+
+
+def _merged(old: dict, new: dict, measured: set) -> dict:
+    """`new`, with the figures of `old` that `new` did not measure (per task, and the runs behind them)."""
+    def ours(key: str) -> bool:
+        return any(key.startswith(figure) for figure in measured)
+
+    for n, row in old.get("tasks", {}).items():
+        kept = {k: v for k, v in row.items() if k != "not_passed" and not ours(k)}
+        problems = [p for p in row.get("not_passed", []) if not ours(p)]
+        fresh = new["tasks"].setdefault(n, {})
+        new["tasks"][n] = {**kept, **fresh}
+        if problems or fresh.get("not_passed"):
+            new["tasks"][n]["not_passed"] = problems + fresh.get("not_passed", [])
+    kept_figures = sorted({"cold", "warm", "notebook", "watch"} - measured)
+    earlier = {k: v for k, v in old.items() if k not in ("tasks", "what", "targets_s", "earlier_runs")}
+    earlier["figures_kept_from_it"] = kept_figures
+    new["earlier_runs"] = old.get("earlier_runs", []) + [earlier]
+    new["notes"].append(f"{', '.join(kept_figures)} figures come from an earlier run (see earlier_runs); "
+                        f"{', '.join(sorted(measured))} from this one")
+    return new
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,10 +175,19 @@ def _timed(command, env, cwd=REPO_ROOT) -> tuple[float, int, str]:
 
 
 def _verdict(row: dict, figure: str, rc: int, said: str) -> None:
-    """Keeps the first line of any verdict that is not a pass, so that a figure never hides a failure."""
-    first = next((line for line in said.splitlines() if re.match(r"Task \d+ · ", line)), said.strip()[-300:])
+    """Keeps the words of any verdict that is not a pass, so that a figure never hides a failure."""
     if rc != 0 or "checks pass. Well done" not in said:
-        row.setdefault("not_passed", []).append(f"{figure}: exit {rc}: {first}")
+        row.setdefault("not_passed", []).append(f"{figure}: exit {rc}: {_words(said)}")
+
+
+def _words(said: str) -> str:
+    """A verdict's heading and its failing checks (or the end of what was said, when there is no verdict)."""
+    lines = [line for line in _ANSI.sub("\n", said).splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if re.match(r"\s*Task \d+ · ", line)), None)
+    if start is None:
+        return " | ".join(lines)[-600:]
+    kept = [lines[start]] + [line.strip() for line in lines[start + 1:] if not line.lstrip().startswith("✓")]
+    return " | ".join(kept)[:1200]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,30 +203,30 @@ def notebook(tasks, repeats, tmp: Path, result, think_s: float) -> None:
         print(result["notes"][-1], flush=True)
         return
     built = nb_builder.build(solutions=True)
-    stub_cells = [c.source for c in built.cells if re.fullmatch(r"task\d\d-code", c.id or "")]
+    cells = {int(c.id[4:6]): c.source for c in built.cells if re.fullmatch(r"task\d\d-code", c.id or "")}
     # The notebook's own set-up cell (it imports check and may start the grader), as a learner runs it.
     setup = next((c.source for c in built.cells if c.id == "setup"), "from jaxgpt import check, hint\n")
-    runs = {"notebook_first_empty_cache": [], "notebook_first_filled_cache": [], "notebook_second": []}
+    runs = {"notebook_first_empty_cache": [], "notebook_first_filled_cache": [], "notebook_again": []}
     for r in range(repeats):
         cache = tmp / f"kernel-{r}"
         for kind in ("empty", "filled"):
             # An empty cache for the first kernel of a pair; the second kernel reuses what the first one wrote.
-            times, extra = _kernel_session(tasks, setup, stub_cells, cache, result, think_s)
+            times, extra = _kernel_session(tasks, setup, cells, cache, result, think_s)
             for n in tasks:
-                first, second, said = times.get(n, (None, None, "the kernel did not answer"))
-                row = result["tasks"][str(n)]
+                first, again, said = times.get(n, (None, None, "the kernel did not answer"))
                 if first is not None:
                     runs[f"notebook_first_{kind}_cache"].append((n, first))
-                if kind == "empty" and second is not None:
-                    runs["notebook_second"].append((n, second))
-                if "checks pass" not in said or "Well done" not in said:
-                    row.setdefault("not_passed", []).append(f"notebook ({kind} cache): {said.strip()[:300]}")
+                if kind == "empty" and again is not None:
+                    runs["notebook_again"].append((n, again))
+                if "Well done" not in said:
+                    result["tasks"][str(n)].setdefault("not_passed", []).append(
+                        f"notebook ({kind} cache): {_words(said)}")
             result.setdefault("kernel_start_s", []).append(extra["start"])
-            result.setdefault("kernel_setup_s", []).append(extra["setup"])
-            print(f"kernel {r + 1}/{repeats} ({kind} cache): start {extra['start']:.1f} s, set-up and stub "
-                  f"cells {extra['setup']:.1f} s; check(N) first/second: "
-                  + ", ".join(f"{n}: {t[0]:.1f}/{t[1]:.1f}" for n, t in times.items() if t[0] is not None),
-                  flush=True)
+            result.setdefault("kernel_setup_cell_s", []).append(extra["setup"])
+            print(f"kernel {r + 1}/{repeats} ({kind} cache): start {extra['start']:.1f} s, set-up cell "
+                  f"{extra['setup']:.1f} s; check(N) first/again: "
+                  + ", ".join(f"{n}: {t[0]:.1f}/{t[1]:.1f}" for n, t in times.items()
+                              if t[0] is not None and t[1] is not None), flush=True)
     for figure, pairs in runs.items():
         for n in tasks:
             values = [s for m, s in pairs if m == n]
@@ -199,7 +235,11 @@ def notebook(tasks, repeats, tmp: Path, result, think_s: float) -> None:
                 result["tasks"][str(n)][figure + "_s"] = _median(values)
 
 
-def _kernel_session(tasks, setup, stub_cells, cache: Path, result, think_s: float):
+def _kernel_session(tasks, setup, cells: dict, cache: Path, result, think_s: float):
+    """One kernel, as a learner goes through the notebook: the set-up cell, a pause, then for each task its
+    stub cell and `check(N)` (timed); then for each task again its stub cell re-run and `check(N)` (timed).
+    The stub cell runs right before each check because later tasks redefine names (task 6's Block and
+    MiniGPT replace task 1's), as in the notebook."""
     from jupyter_client import KernelManager
 
     km = KernelManager(kernel_name="python3")
@@ -209,25 +249,39 @@ def _kernel_session(tasks, setup, stub_cells, cache: Path, result, think_s: floa
     kc.start_channels()
     times: dict[int, tuple] = {}
     extra = {"start": 0.0, "setup": 0.0}
+
+    def run_cell(number: int) -> bool:
+        _, status, said = _execute(kc, cells[number])
+        if status != "ok":
+            result["notes"].append(f"task {number}'s stub cell raised in the kernel: {said[-500:]}")
+        return status == "ok"
+
     try:
         kc.wait_for_ready(timeout=300)
         extra["start"] = round(time.perf_counter() - began, 2)
-        began = time.perf_counter()
-        for code in [setup] + stub_cells:
-            seconds, status, said = _execute(kc, code)
-            if status != "ok":
-                result["notes"].append(f"a stub cell raised in the kernel: {said[-500:]}")
-                return times, extra
-        extra["setup"] = round(time.perf_counter() - began, 2)
+        seconds, status, said = _execute(kc, setup)
+        extra["setup"] = round(seconds, 2)
+        if status != "ok":
+            result["notes"].append(f"the set-up cell raised in the kernel: {said[-500:]}")
+            return times, extra
         time.sleep(think_s)
+        defined = set()
         for n in tasks:
+            for m in sorted(cells):  # the earlier tasks' cells too, as a learner going top to bottom has run them
+                if m < n and m not in defined and run_cell(m):
+                    defined.add(m)
+            if not run_cell(n):
+                continue
+            defined.add(n)
             first, status, said = _execute(kc, f"check({n})")
             times[n] = (first, None, said if status == "ok" else f"check({n}) raised: {said[-500:]}")
         for n in tasks:
-            second, status, said = _execute(kc, f"check({n})")
+            if n not in times or not run_cell(n):
+                continue
+            again, status, said = _execute(kc, f"check({n})")
             if status != "ok" or "Well done" not in said:  # keep the words of any call that did not pass
-                said = f"second call: {said[-500:]}"
-            times[n] = (times[n][0], second, times[n][2] if "Well done" not in times[n][2] else said)
+                said = f"again: {said if status == 'ok' else 'raised: ' + said[-500:]}"
+            times[n] = (times[n][0], again, times[n][2] if "Well done" not in times[n][2] else said)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -427,7 +481,7 @@ def _load():
 
 def table(result) -> str:
     columns = [("cold_s", "cold"), ("warm_s", "warm"), ("notebook_first_empty_cache_s", "nb 1st (empty)"),
-               ("notebook_first_filled_cache_s", "nb 1st (filled)"), ("notebook_second_s", "nb 2nd"),
+               ("notebook_first_filled_cache_s", "nb 1st (filled)"), ("notebook_again_s", "nb again"),
                ("watch_first_s", "watch 1st"), ("watch_again_s", "watch again")]
     columns = [(key, title) for key, title in columns if any(key in row for row in result["tasks"].values())]
     lines = ["task  " + "  ".join(f"{title:>15}" for _, title in columns)]

@@ -36,7 +36,8 @@ def main(argv=None) -> int:
 
     import jax
 
-    from jaxgpt import configs, sampling, training
+    from jaxgpt.training import configs, loop
+    from jaxgpt import sampling
     from jaxgpt.data import DataError, load_text
 
     try:
@@ -50,12 +51,12 @@ def main(argv=None) -> int:
                                        eval_interval=min(config.train.eval_interval, args.max_iters))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
-    history = training.train(config, impl=args.impl, text=text, out_dir=None, progress=not args.no_progress)
+    history = loop.train(config, impl=args.impl, text=text, out_dir=None, progress=not args.no_progress)
     wall = time.perf_counter() - started
 
     # A sample from the trained model, as `jaxgpt sample` would print it.
     tokenizer = history.tokenizer
-    model = training.build_model(training.model_class(args.impl, 1), 
+    model = loop.build_model(loop.model_class(args.impl, 1), 
                                  config.with_vocab_size(tokenizer.vocab_size))
     ids = sampling.sample(model, history.params, tokenizer.encode("\n"), jax.random.PRNGKey(0), 300)
     sample_text = tokenizer.decode(ids[1:])

@@ -10,7 +10,7 @@
 Whatever goes wrong on the learner's side (an unfinished task, a bad path, a damaged checkpoint, a prompt
 with unknown characters) is said in a sentence on stderr with a non-zero exit code, never a traceback.
 
-`check`, `progress` and `watch` grade in a worker process (jaxgpt/worker.py), so this process never imports
+`check`, `progress` and `watch` grade in a worker process (jaxgpt/grader/worker.py), so this process never imports
 JAX for them; a check that runs past its time limit is stopped, and Ctrl-C gives "stopped" and exit code 130,
 never a pass.
 """
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -122,15 +122,15 @@ def _parser() -> argparse.ArgumentParser:
 # progress, check, hint
 
 
-def _task(number: str) -> catalog.Task:
+def _task(number: str) -> task_list.Task:
     try:
-        return catalog.get_task(number)
+        return task_list.get_task(number)
     except LookupError as err:
         raise UserError(str(err), EXIT_USAGE) from None
 
 
 def _implementation(spec: str):
-    from jaxgpt import implementation
+    from jaxgpt.grader import implementation
 
     try:
         return implementation.resolve(spec)
@@ -139,7 +139,7 @@ def _implementation(spec: str):
 
 
 def _default_limit() -> float:
-    from jaxgpt.grading import DEFAULT_TIMEOUT_S
+    from jaxgpt.grader.runner import DEFAULT_TIMEOUT_S
 
     return DEFAULT_TIMEOUT_S
 
@@ -150,7 +150,7 @@ def _time_limit(args) -> float:
     return args.time_limit
 
 
-def _require_checks(task: catalog.Task) -> None:
+def _require_checks(task: task_list.Task) -> None:
     if not task.test_file.exists():
         raise UserError(
             f"{task.test_file} is missing. The checks live in the repository's tests/ folder: install the "
@@ -161,7 +161,7 @@ def status_line(verdict) -> str:
     """A task's status in a few words: passed, 3 of 7 checks pass, not started, blocked by task 3."""
     import re
 
-    from jaxgpt.outcomes import Status
+    from jaxgpt.grader.outcomes import Status
 
     status = verdict.status
     if status in (Status.PASSED, Status.NOT_STARTED, Status.STOPPED):
@@ -178,16 +178,16 @@ def status_line(verdict) -> str:
 
 
 def cmd_progress(args) -> int:
-    from jaxgpt import worker
+    from jaxgpt.grader import worker
 
     limit = _time_limit(args)
     impl = _implementation(args.impl)
-    width = max(len(t.title) for t in catalog.TASKS)
+    width = max(len(t.title) for t in task_list.TASKS)
     print(f"Progress of {impl.label}:")
     done = 0
     with worker.Grader() as grader:
         grader.start()
-        for task in catalog.TASKS:
+        for task in task_list.TASKS:
             verdict = None
             if not task.test_file.exists():
                 status = "no checks yet"
@@ -201,19 +201,19 @@ def cmd_progress(args) -> int:
             if verdict is not None and verdict.stopped:
                 print(f"Stopped at task {task.number}: the tasks from there on were not checked.")
                 return EXIT_INTERRUPTED
-    print(f"{done} of {len(catalog.TASKS)} tasks passed.")
+    print(f"{done} of {len(task_list.TASKS)} tasks passed.")
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
-    from jaxgpt import worker
+    from jaxgpt.grader import worker
 
     task = _task(args.task)
     limit = _time_limit(args)
     _require_checks(task)
     impl = _implementation(args.impl)
     if args.in_process:
-        from jaxgpt.grading import run_suite
+        from jaxgpt.grader.runner import run_suite
 
         verdict = run_suite(task, impl, timeout_s=limit)
     else:
@@ -225,17 +225,17 @@ def cmd_check(args) -> int:
     return EXIT_OK if verdict.passed else EXIT_FAILED
 
 
-def _watched_files(impl, task: catalog.Task | None) -> dict[int, list[Path]]:
+def _watched_files(impl, task: task_list.Task | None) -> dict[int, list[Path]]:
     """For each task to watch, the files whose saving re-checks it: its own and those of the tasks it builds on."""
-    from jaxgpt import implementation
+    from jaxgpt.grader import implementation
 
     if isinstance(impl, implementation.FileImplementation):
-        return {t.number: [impl.path] for t in ([task] if task else catalog.TASKS)}
+        return {t.number: [impl.path] for t in ([task] if task else task_list.TASKS)}
     if not isinstance(impl, implementation.PackageImplementation):
         raise UserError("jaxgpt watch watches files: give --impl a directory laid out like tasks/ or a .py file.",
                         EXIT_USAGE)
-    tasks = [task] if task else list(catalog.TASKS)
-    return {t.number: [impl.path_of(t)] + [impl.path_of(catalog.get_task(n)) for n in t.builds_on]
+    tasks = [task] if task else list(task_list.TASKS)
+    return {t.number: [impl.path_of(t)] + [impl.path_of(task_list.get_task(n)) for n in t.builds_on]
             for t in tasks}
 
 
@@ -250,7 +250,7 @@ def _stamp(path: Path) -> tuple | None:
 def cmd_watch(args) -> int:
     import time
 
-    from jaxgpt import worker
+    from jaxgpt.grader import worker
 
     limit = _time_limit(args)
     if not args.interval > 0:
@@ -273,7 +273,7 @@ def cmd_watch(args) -> int:
             while True:
                 while pending:
                     number = pending.pop(0)
-                    _require_checks(catalog.get_task(number))
+                    _require_checks(task_list.get_task(number))
                     print(f"\n── {time.strftime('%H:%M:%S')} · task {number} · {_display(own_file[number])} ──",
                           flush=True)
                     verdict = grader.grade(number, impl, timeout_s=limit, progress=worker.Progress.terminal())
@@ -304,7 +304,7 @@ def _display(path: Path) -> str:
 
 
 def cmd_hint(args) -> int:
-    from jaxgpt import hints
+    from jaxgpt.grader import hints
 
     task = _task(args.task)
     print(hints.next_hint_cli(task.number, hints.STATE_FILE))
@@ -316,7 +316,8 @@ def cmd_hint(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from jaxgpt import configs, data, training
+    from jaxgpt.training import configs, loop
+    from jaxgpt import data
 
     try:
         config = configs.get_config(args.config).with_overrides(args.max_iters, args.eval_interval)
@@ -325,9 +326,9 @@ def cmd_train(args) -> int:
     _implementation(args.impl)  # a bad --impl is a usage error, said before anything loads
     out = Path(args.out) if args.out else Path("checkpoints") / config.name
     try:
-        history = training.train(config, impl=args.impl, task=args.task, data_path=args.data, out_dir=out,
+        history = loop.train(config, impl=args.impl, task=args.task, data_path=args.data, out_dir=out,
                                  progress=not args.no_progress)
-    except training.TrainingError as err:
+    except loop.TrainingError as err:
         message = str(err)
         if args.impl == "tasks" and "NotImplementedError" in message:
             message += " To train the reference's model meanwhile, add --impl reference."
@@ -346,7 +347,8 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import jax
 
-    from jaxgpt import checkpoint, sampling, training
+    from jaxgpt.training import checkpoint, loop
+    from jaxgpt import sampling
 
     if args.tokens < 0:
         raise UserError(f"--tokens must be 0 or more, got {args.tokens}.", EXIT_USAGE)
@@ -375,8 +377,8 @@ def cmd_sample(args) -> int:
     impl = args.impl or source.get("impl") or "reference"
     task = int(source.get("task", 1))
     try:
-        model = training.build_model(training.model_class(impl, task), config)
-    except training.TrainingError as err:
+        model = loop.build_model(loop.model_class(impl, task), config)
+    except loop.TrainingError as err:
         hint = "" if args.impl else " Choose the code with --impl (for example --impl reference)."
         raise UserError(f"The checkpoint's model cannot be rebuilt: {err}{hint}") from None
     try:
@@ -384,7 +386,7 @@ def cmd_sample(args) -> int:
                               temperature=args.temperature, top_k=args.top_k,
                               block_size=config.model.block_size)
     except Exception as err:  # the learner's model
-        raise UserError("Sampling failed: " + training.explain_model_error(err, task)) from None
+        raise UserError("Sampling failed: " + loop.explain_model_error(err, task)) from None
     print(tokenizer.decode(ids))
     return EXIT_OK
 

@@ -1,4 +1,4 @@
 """Every task suite takes the implementation under test from `--impl` (or from the notebook); see
-jaxgpt/pytest_plugin.py."""
+jaxgpt/grader/pytest_plugin.py."""
 
-pytest_plugins = ["jaxgpt.pytest_plugin"]
+pytest_plugins = ["jaxgpt.grader.pytest_plugin"]

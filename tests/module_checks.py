@@ -1,7 +1,7 @@
 """Checks shared by the suites of tasks 1 and 6, whose modules have the same fields, calls and trees:
 building the learner's module with the lesson's fields, tracing its parameter tree, running MiniGPT (plainly
 and under jax.jit) with a sentence for the usual ways that fails, and the reference-differential checks
-(jaxgpt/differential.py) with the words that name each of the lesson's dropout sites."""
+(jaxgpt/grader/differential.py) with the words that name each of the lesson's dropout sites."""
 
 import inspect
 
@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 import oracles_gpt as og
-from jaxgpt import checks, differential, outcomes
-from jaxgpt.implementation import LoadError, MissingName
+from jaxgpt.grader import checks, differential, outcomes
+from jaxgpt.grader.implementation import LoadError, MissingName
 
 RATE = 0.37  # the dropout_rate of the differential checks: a rate written into the code (0.1, 0.2, 0.5) shows
 

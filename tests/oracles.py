@@ -37,7 +37,7 @@ def running_mean(x: np.ndarray) -> np.ndarray:
 
 
 # --- The reference as an oracle (tasks 3-5) ------------------------------------------------------------------
-# jaxgpt/differential.py runs the learner's module and the reference's on the same parameters and inputs and
+# jaxgpt/grader/differential.py runs the learner's module and the reference's on the same parameters and inputs and
 # names the first submodule where they part. These helpers choose inputs that don't hide mistakes and turn a
 # learner's error on one of them into a sentence.
 
@@ -61,7 +61,7 @@ def tree_of(module, x):
 
 def require_tree(learner, x, variables, what: str) -> None:
     """A check that loads the reference's parameters into the learner's module needs the lesson's tree."""
-    from jaxgpt import checks
+    from jaxgpt.grader import checks
 
     if checks.tree_shapes(tree_of(learner, x)) != checks.tree_shapes(variables):
         checks.fail(f"not checked: {what}'s parameter tree is not the lesson's, so the same parameters cannot be "
@@ -82,7 +82,7 @@ def same_as_reference(learner, reference, variables, shapes, what: str, *, C: in
     show is checked once more at that batch size and the first length, so that the verdict can say whether
     the length is what breaks it (a mask or size fixed in advance) or the batch. `first`, when given, is the
     input of the first shape: the suite's own x, whose records the dropout check then reuses."""
-    from jaxgpt import checks, differential, outcomes
+    from jaxgpt.grader import checks, differential, outcomes
 
     run = run or (lambda call: call())
     xs = inputs(C, shapes)

@@ -1,7 +1,7 @@
 """The project's proof that the task suites work: every catalogued mistake is rejected (with its
 diagnosis where it names one) and every differently written correct solution is accepted.
 
-Entries are graded in subprocesses (`python -m jaxgpt.mistakes N`, the same `run_suite` a learner's check
+Entries are graded in subprocesses (`python -m jaxgpt.grader.mistakes N`, the same `run_suite` a learner's check
 uses), so the suites run as they do for a learner and not inside this pytest session.
 
 The whole catalogue takes minutes per task, so it is marked `slow`: `uv run pytest -m slow` (and CI) grades
@@ -20,7 +20,7 @@ import tempfile
 
 import pytest
 
-from jaxgpt import catalog, mistakes
+from jaxgpt.grader import task_list, mistakes
 
 ENTRIES = mistakes.entries()
 # What each entry's grading said, by entry id, from whichever test graded it first in this session.
@@ -46,7 +46,7 @@ def _once(fn):
 
 
 def _run_json(command: list[str], what: str) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, cwd=catalog.REPO_ROOT, timeout=1500)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=task_list.REPO_ROOT, timeout=1500)
     if done.returncode != 0:
         raise RuntimeError(f"grading {what} failed:\n{done.stderr[-3000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,7 +56,7 @@ def _run_json(command: list[str], what: str) -> dict:
 
 @_once
 def _graded(task_number: int) -> dict:
-    return _run_json([sys.executable, "-m", "jaxgpt.mistakes", str(task_number)],
+    return _run_json([sys.executable, "-m", "jaxgpt.grader.mistakes", str(task_number)],
                      f"task {task_number}'s catalogue")
 
 
@@ -86,7 +86,7 @@ def sample() -> list[mistakes.Entry]:
     alternative: the whole catalogue runs under `uv run pytest -m slow`, and CI runs it.
     """
     chosen = []
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         found = mistakes.entries(task)
         if task.number % 2:
             picks = [e for e in found if e.kind == "mistake" and e.diagnosis] or [
@@ -99,16 +99,16 @@ def sample() -> list[mistakes.Entry]:
 
 SAMPLE = sample()
 
-# Grades the chosen entries in one process: `python -m jaxgpt.mistakes N` grades a whole task, so the
+# Grades the chosen entries in one process: `python -m jaxgpt.grader.mistakes N` grades a whole task, so the
 # task's entry list is narrowed to the sample first, and the rest of `mistakes.run` is what the full run uses.
 _SAMPLE_DRIVER = """
 import json, sys
-from jaxgpt import catalog, mistakes
+from jaxgpt.grader import task_list, mistakes
 wanted = set(sys.argv[1:])
 every = mistakes.entries
 mistakes.entries = lambda task=None: [e for e in every(task) if e.id in wanted]
 results = {}
-for task in catalog.TASKS:
+for task in task_list.TASKS:
     if mistakes.entries(task):
         results.update(mistakes.run(task))
 sys.stdout.write(json.dumps(results) + "\\n")
@@ -131,7 +131,7 @@ class _SampleRun:
         if not missing:
             return
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "-c", _SAMPLE_DRIVER, *missing], cwd=catalog.REPO_ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-c", _SAMPLE_DRIVER, *missing], cwd=task_list.REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, text=True)
         atexit.register(self.stop)
 
@@ -174,11 +174,11 @@ def _start_the_sample_early(request):
 
 
 def test_sample_covers_every_task_and_both_kinds():
-    assert sorted(e.task.number for e in SAMPLE) == [t.number for t in catalog.TASKS]
+    assert sorted(e.task.number for e in SAMPLE) == [t.number for t in task_list.TASKS]
     assert {e.kind for e in SAMPLE} == {"mistake", "correct"}
 
 
-@pytest.mark.parametrize("task", catalog.TASKS, ids=[t.stem for t in catalog.TASKS])
+@pytest.mark.parametrize("task", task_list.TASKS, ids=[t.stem for t in task_list.TASKS])
 def test_every_task_has_a_catalogue(task):
     found = mistakes.entries(task)
     n_wrong = sum(e.kind == "mistake" for e in found)

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import catalog, checkpoint, configs, implementation
-from jaxgpt.checkpoint import CheckpointError
+from jaxgpt.grader import task_list, implementation
+from jaxgpt.training import checkpoint, configs
+from jaxgpt.training.checkpoint import CheckpointError
 from jaxgpt.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("to be, or not to be: that is the question.\n")
@@ -69,7 +70,7 @@ def test_save_accepts_the_variables_dict_and_jax_arrays(tmp_path):
 @pytest.mark.parametrize("task", [1, 6])
 def test_expected_tree_is_the_reference_minigpt_tree(task):
     """The tree load checks against is the one the lessons' MiniGPT (task 1 and task 6) really builds."""
-    model_cls = implementation.resolve("reference").get(catalog.get_task(task), "MiniGPT")
+    model_cls = implementation.resolve("reference").get(task_list.get_task(task), "MiniGPT")
     m = CONFIG.model
     model = model_cls(m.vocab_size, m.block_size, m.n_embd, m.n_head, m.n_layer, m.dropout_rate)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, m.block_size), jnp.int32))

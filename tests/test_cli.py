@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from jaxgpt import catalog, cli, hints
+from jaxgpt.grader import task_list, hints
+from jaxgpt import cli
 
 CORPUS = "the quick brown fox jumps over the lazy dog.\nthe lazy dog sleeps in the sun.\n" * 60
 
@@ -48,7 +49,7 @@ def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
     code, out, _ = run(capsys, "progress")
     assert code == 0
     lines = out.splitlines()
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
         assert line is not None, f"task {task.number} is not listed:\n{out}"
         assert f"{task.minutes} min" in line and task.stars in line
@@ -60,18 +61,18 @@ def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
 def test_status_words_for_passed_partial_and_blocked_tasks(tmp_path):
     import shutil
 
-    from jaxgpt import grading, outcomes
+    from jaxgpt.grader import runner, outcomes
 
-    task = catalog.get_task(4)
-    passed = grading.Verdict(task, [grading.CheckResult("a", outcomes.PASSED)] * 3)
-    partial = grading.Verdict(task, [grading.CheckResult("a", outcomes.PASSED),
-                                     grading.CheckResult("b", outcomes.FAILED, "wrong"),
-                                     grading.CheckResult("c", outcomes.SKIPPED)])
+    task = task_list.get_task(4)
+    passed = runner.Verdict(task, [runner.CheckResult("a", outcomes.PASSED)] * 3)
+    partial = runner.Verdict(task, [runner.CheckResult("a", outcomes.PASSED),
+                                     runner.CheckResult("b", outcomes.FAILED, "wrong"),
+                                     runner.CheckResult("c", outcomes.SKIPPED)])
     assert cli.status_line(passed) == "passed"
     assert cli.status_line(partial) == "1 of 2 checks pass"
-    shutil.copy(catalog.TASKS_DIR / "task03_head.py", tmp_path)  # the stub
-    shutil.copy(catalog.REFERENCE_DIR / "task04_multihead.py", tmp_path)  # finished, but builds on task 3
-    assert cli.status_line(grading.run_suite(task, tmp_path)) == "blocked by task 3"
+    shutil.copy(task_list.TASKS_DIR / "task03_head.py", tmp_path)  # the stub
+    shutil.copy(task_list.REFERENCE_DIR / "task04_multihead.py", tmp_path)  # finished, but builds on task 3
+    assert cli.status_line(runner.run_suite(task, tmp_path)) == "blocked by task 3"
 
 
 def test_check_on_a_stub_exits_1_and_says_not_started(capsys):
@@ -112,7 +113,7 @@ def test_bad_impl_path_is_a_sentence(capsys, tmp_path):
 def test_hint_reveals_one_hint_at_a_time(capsys, monkeypatch, tmp_path):
     state = tmp_path / "hints.json"
     monkeypatch.setattr(hints, "STATE_FILE", state)
-    ladder = hints.ladder(catalog.get_task(3))
+    ladder = hints.ladder(task_list.get_task(3))
     assert len(ladder) >= 2
     code, out, _ = run(capsys, "hint", "3")
     assert code == 0 and "Hint 1 of" in out and ladder[0] in out and ladder[1] not in out

@@ -1,4 +1,4 @@
-"""The grader survives the learner: the worker process that runs the checks (jaxgpt/worker.py), tried the way a
+"""The grader survives the learner: the worker process that runs the checks (jaxgpt/grader/worker.py), tried the way a
 learner breaks it, in the terminal and in a real notebook kernel.
 
 The fast tests (the wire protocol, the verdict's words, what the parent imports) run by default; the ones that
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxgpt import catalog, cli, grading, implementation, outcomes, worker
-from jaxgpt.outcomes import Status
+from jaxgpt.grader import task_list, runner, implementation, outcomes, worker
+from jaxgpt import cli
+from jaxgpt.grader.outcomes import Status
 
-HEAD = catalog.get_task(3)
+HEAD = task_list.get_task(3)
 JAXGPT = [sys.executable, "-m", "jaxgpt.cli"]
 LIMIT_S = 8  # the per-check time limit the stress trials use
 
@@ -61,7 +62,7 @@ def impl_dir(tmp_path: Path, name: str, task03: str | None = None) -> Path:
     """A directory laid out like reference/, with `task03` as its task 3 file."""
     directory = tmp_path / name
     directory.mkdir()
-    for source in catalog.REFERENCE_DIR.glob("task*.py"):
+    for source in task_list.REFERENCE_DIR.glob("task*.py"):
         shutil.copy(source, directory / source.name)
     if task03 is not None:
         (directory / "task03_head.py").write_text(task03)
@@ -74,7 +75,7 @@ def impl_dir(tmp_path: Path, name: str, task03: str | None = None) -> Path:
 def test_messages_round_trip_and_end_cleanly():
     stream = io.BytesIO()
     worker.send(stream, ("start", ("test_x.py::test_a", "a check")))
-    worker.send(stream, ("result", grading.CheckResult("a check", Status.PASSED, output="hi")))
+    worker.send(stream, ("result", runner.CheckResult("a check", Status.PASSED, output="hi")))
     stream.seek(0)
     assert worker.receive(stream) == ("start", ("test_x.py::test_a", "a check"))
     kind, result = worker.receive(stream)
@@ -101,8 +102,8 @@ def test_statuses_are_typed_and_still_read_as_words():
 
 def test_a_stopped_verdict_is_never_a_pass():
     collected = [(f"t::{n}", n) for n in "abc"]
-    verdict = grading.finish_verdict(HEAD, collected, [grading.CheckResult("a", Status.PASSED, nodeid="t::a"),
-                                                       grading.CheckResult("b", Status.STOPPED, nodeid="t::b")],
+    verdict = runner.finish_verdict(HEAD, collected, [runner.CheckResult("a", Status.PASSED, nodeid="t::a"),
+                                                       runner.CheckResult("b", Status.STOPPED, nodeid="t::b")],
                                      1.0, stopped=True)
     assert verdict.status is Status.STOPPED and not verdict.passed
     text = verdict.text()
@@ -113,9 +114,9 @@ def test_a_stopped_verdict_is_never_a_pass():
 
 def test_a_time_out_stops_the_run_and_says_so():
     collected = [(f"t::{n}", n) for n in "abc"]
-    verdict = grading.finish_verdict(HEAD, collected, [
-        grading.CheckResult("a", Status.PASSED, nodeid="t::a"),
-        grading.CheckResult("b", Status.TIMED_OUT, outcomes.timeout_message(8), nodeid="t::b")], 9.0)
+    verdict = runner.finish_verdict(HEAD, collected, [
+        runner.CheckResult("a", Status.PASSED, nodeid="t::a"),
+        runner.CheckResult("b", Status.TIMED_OUT, outcomes.timeout_message(8), nodeid="t::b")], 9.0)
     assert verdict.status is Status.FAILED
     text = verdict.text()
     assert "1 of 2 checks pass. 1 more did not run: an earlier check did not finish in time." in text
@@ -124,8 +125,8 @@ def test_a_time_out_stops_the_run_and_says_so():
 
 def test_a_load_error_is_said_once_and_its_checks_are_skipped():
     message = "the notebook does not define `Head` yet: run task 3's stub cell first"
-    results = [grading.CheckResult(n, Status.MISSING, message, nodeid=f"t::{n}", load_error=True) for n in "abcd"]
-    verdict = grading.finish_verdict(HEAD, [(r.nodeid, r.name) for r in results], results, 1.0)
+    results = [runner.CheckResult(n, Status.MISSING, message, nodeid=f"t::{n}", load_error=True) for n in "abcd"]
+    verdict = runner.finish_verdict(HEAD, [(r.nodeid, r.name) for r in results], results, 1.0)
     assert verdict.load_error == message and verdict.status is Status.FAILED
     assert all(c.status is Status.SKIPPED for c in verdict.checks)
     text = verdict.text()
@@ -135,7 +136,7 @@ def test_a_load_error_is_said_once_and_its_checks_are_skipped():
 
 
 def test_printed_output_is_trimmed():
-    text = grading.trim_output("\n".join(f"line {i}" for i in range(100)) + "\n" + "y" * 1000)
+    text = runner.trim_output("\n".join(f"line {i}" for i in range(100)) + "\n" + "y" * 1000)
     assert text.splitlines()[0] == "line 0" and text.endswith("(93 more lines)")
     assert max(len(line) for line in text.splitlines()) < 300
 
@@ -143,16 +144,16 @@ def test_printed_output_is_trimmed():
 def test_jax_configuration_is_put_back():
     import jax
 
-    before = grading._jax_configuration()
+    before = runner._jax_configuration()
     jax.config.update("jax_enable_x64", not before["jax_enable_x64"])
-    changed = grading._restore_jax_configuration(before)
+    changed = runner._restore_jax_configuration(before)
     assert set(changed) == {"jax_enable_x64"}
     assert jax.config.values["jax_enable_x64"] == before["jax_enable_x64"]
 
 
 def test_the_names_sent_include_the_tasks_built_on():
-    assert worker._names_to_send(catalog.get_task(4)) == ["MultiHeadAttention", "Head"]
-    assert set(worker._names_to_send(catalog.get_task(6))) == {"LayerNorm", "Block", "MiniGPT", "FeedForward",
+    assert worker._names_to_send(task_list.get_task(4)) == ["MultiHeadAttention", "Head"]
+    assert set(worker._names_to_send(task_list.get_task(6))) == {"LayerNorm", "Block", "MiniGPT", "FeedForward",
                                                                "EinsumMultiHeadAttention"}
 
 
@@ -215,10 +216,10 @@ def test_flax_scope_errors_say_the_parameter_tree_differs():
 
 
 def test_the_check_command_does_not_import_jax():
-    code = ("import sys; from jaxgpt import cli, worker, grading, outcomes; "
+    code = ("import sys; from jaxgpt import cli; from jaxgpt.grader import worker, runner, outcomes, check_cell; "
             "cli._parser(); print(sorted(m for m in ('jax', 'flax', 'optax', 'numpy', 'pytest') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=catalog.REPO_ROOT)
+                          cwd=task_list.REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -242,7 +243,7 @@ def test_a_changed_jax_configuration_does_not_reach_later_tasks(grader, tmp_path
     pid = grader.pid
     assert first.passed, first.text()
     assert "jax_enable_x64 from False to True" in first.text() and "it was put back" in first.text()
-    later = grader.grade(catalog.get_task(2), directory, timeout_s=60)
+    later = grader.grade(task_list.get_task(2), directory, timeout_s=60)
     assert grader.pid == pid  # the same warm worker graded both
     assert later.passed, later.text()
     assert "jax_enable_x64" not in later.text()
@@ -272,7 +273,7 @@ def test_a_notebook_check_before_its_stub_cell_says_so_once(grader):
 @pytest.mark.slow
 def test_notebook_definitions_travel_by_value(grader):
     namespace = {"__name__": "__main__"}
-    exec(compile((catalog.REFERENCE_DIR / "task03_head.py").read_text(), "<cell>", "exec"), namespace)
+    exec(compile((task_list.REFERENCE_DIR / "task03_head.py").read_text(), "<cell>", "exec"), namespace)
     assert namespace["Head"].__module__ == "__main__"  # as a class defined in a notebook cell
     verdict = grader.grade(HEAD, implementation.NamespaceImplementation(namespace), timeout_s=60)
     assert verdict.passed, verdict.text()
@@ -335,7 +336,7 @@ class _Lines:
 
 def _start(args, **kwargs):
     return subprocess.Popen(JAXGPT + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=catalog.REPO_ROOT, start_new_session=True, **kwargs)
+                            cwd=task_list.REPO_ROOT, start_new_session=True, **kwargs)
 
 
 def _children(pid: int) -> list[int]:
@@ -380,7 +381,7 @@ def test_terminal_ctrl_c_says_stopped_never_passed(tmp_path):
 
 @pytest.mark.slow
 def test_watch_checks_again_on_save_and_stops_on_ctrl_c(tmp_path):
-    directory = impl_dir(tmp_path, "watched", (catalog.TASKS_DIR / "task03_head.py").read_text())
+    directory = impl_dir(tmp_path, "watched", (task_list.TASKS_DIR / "task03_head.py").read_text())
     process = _start(["watch", "3", "--impl", str(directory), "--interval", "0.2"])
     out = _Lines(process.stdout)
     try:
@@ -388,7 +389,7 @@ def test_watch_checks_again_on_save_and_stops_on_ctrl_c(tmp_path):
         out.wait_for("not started yet", timeout=240)
         saved = time.monotonic()
         time.sleep(0.05)
-        shutil.copy(catalog.REFERENCE_DIR / "task03_head.py", directory / "task03_head.py")
+        shutil.copy(task_list.REFERENCE_DIR / "task03_head.py", directory / "task03_head.py")
         done = out.wait_for("checks pass. Well done!", timeout=120)
         print(f"watch: verdict {done - saved:.1f} s after the save")
     finally:
@@ -405,7 +406,7 @@ class _Kernel:
     def __init__(self):
         from jupyter_client.manager import start_new_kernel
 
-        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(catalog.REPO_ROOT))
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(task_list.REPO_ROOT))
 
     def run(self, code: str, timeout: float) -> tuple[float, str, str | None]:
         """(seconds, the cell's text output, the error's name or None)."""
@@ -444,7 +445,7 @@ def kernel():
 
 @pytest.mark.slow
 def test_notebook_check_passes_a_correct_cell_and_is_quick_when_warm(kernel):
-    kernel.run((catalog.REFERENCE_DIR / "task03_head.py").read_text(), timeout=240)
+    kernel.run((task_list.REFERENCE_DIR / "task03_head.py").read_text(), timeout=240)
     kernel.run("check(3)", timeout=240)
     seconds, out, error = kernel.run("check(3)", timeout=240)
     print(f"notebook: a warm check(3) took {seconds:.1f} s")

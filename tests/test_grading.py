@@ -6,16 +6,16 @@ import textwrap
 
 import pytest
 
-from jaxgpt import catalog, grading, implementation, outcomes
+from jaxgpt.grader import task_list, runner, implementation, outcomes
 
-HEAD = catalog.get_task(3)
+HEAD = task_list.get_task(3)
 
 
 def _grade_head(tmp_path, body: str, timeout_s: float = 60):
     """Grades a task-3 file whose `Head.__call__` body is `body` (other tasks: the reference)."""
     directory = tmp_path / "impl"
     directory.mkdir()
-    for source in catalog.REFERENCE_DIR.glob("task*.py"):
+    for source in task_list.REFERENCE_DIR.glob("task*.py"):
         shutil.copy(source, directory / source.name)
     (directory / "task03_head.py").write_text(textwrap.dedent('''\
         import jax, jax.numpy as jnp
@@ -31,12 +31,12 @@ def _grade_head(tmp_path, body: str, timeout_s: float = 60):
                 q = nn.Dense(self.head_size, use_bias=False, name="query")(x)
                 v = nn.Dense(self.head_size, use_bias=False, name="value")(x)
         ''') + textwrap.indent(textwrap.dedent(body), " " * 8))
-    return grading.run_suite(HEAD, directory, timeout_s=timeout_s)
+    return runner.run_suite(HEAD, directory, timeout_s=timeout_s)
 
 
 def test_reference_passes_and_stub_is_not_started():
-    assert grading.run_suite(HEAD, "reference").status == outcomes.PASSED
-    verdict = grading.run_suite(HEAD, "tasks")
+    assert runner.run_suite(HEAD, "reference").status == outcomes.PASSED
+    verdict = runner.run_suite(HEAD, "tasks")
     assert verdict.status == outcomes.NOT_STARTED
     assert "not started" in verdict.text()
 
@@ -90,33 +90,33 @@ def test_syntax_error_names_the_line(tmp_path):
 
 
 def test_missing_name_in_a_namespace():
-    verdict = grading.run_suite(HEAD, {"Hed": object()})
+    verdict = runner.run_suite(HEAD, {"Hed": object()})
     assert verdict.status == outcomes.FAILED
     assert "does not define `Head`" in verdict.text()
 
 
 def test_missing_task_file(tmp_path):
-    verdict = grading.run_suite(HEAD, tmp_path)
+    verdict = runner.run_suite(HEAD, tmp_path)
     assert "task03_head.py does not exist" in verdict.text()
 
 
 def test_import_time_error_is_a_sentence(tmp_path):
     (tmp_path / "task03_head.py").write_text("import jax\nraise ValueError('oops at import')\n")
-    verdict = grading.run_suite(HEAD, tmp_path)
+    verdict = runner.run_suite(HEAD, tmp_path)
     assert verdict.status == outcomes.FAILED
     assert "Importing" in verdict.text() and "oops at import" in verdict.text()
 
 
 def test_notebook_namespace_is_graded():
     namespace = {}
-    exec((catalog.REFERENCE_DIR / "task03_head.py").read_text(), namespace)
-    assert grading.run_suite(HEAD, namespace).status == outcomes.PASSED
+    exec((task_list.REFERENCE_DIR / "task03_head.py").read_text(), namespace)
+    assert runner.run_suite(HEAD, namespace).status == outcomes.PASSED
 
 
 def test_single_file_implementation(tmp_path):
     path = tmp_path / "solution.py"
-    shutil.copy(catalog.REFERENCE_DIR / "task03_head.py", path)
-    assert grading.run_suite(HEAD, path).status == outcomes.PASSED
+    shutil.copy(task_list.REFERENCE_DIR / "task03_head.py", path)
+    assert runner.run_suite(HEAD, path).status == outcomes.PASSED
 
 
 def test_bad_impl_spec_is_a_sentence(tmp_path):
@@ -124,29 +124,29 @@ def test_bad_impl_spec_is_a_sentence(tmp_path):
         implementation.resolve(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("task", catalog.TASKS, ids=[t.stem for t in catalog.TASKS])
+@pytest.mark.parametrize("task", task_list.TASKS, ids=[t.stem for t in task_list.TASKS])
 def test_stubs_read_not_started_and_reference_passes(task):
     """Copying reference files of tasks 1..k into tasks/ turns exactly tasks 1..k green: a task's verdict
     depends only on its own file and on the files of the earlier tasks it builds on, so it is enough that
     every stub reads "not started" and every reference passes (blocking is tested per task)."""
     assert all(b < task.number for b in task.builds_on)
-    stub = grading.run_suite(task, "tasks")
+    stub = runner.run_suite(task, "tasks")
     assert stub.status == outcomes.NOT_STARTED, stub.text(verbose=True)
-    reference = grading.run_suite(task, "reference")
+    reference = runner.run_suite(task, "reference")
     assert reference.status == outcomes.PASSED, reference.text(verbose=True)
 
 
 def test_every_task_has_its_files():
-    for task in catalog.TASKS:
-        for path in (catalog.TASKS_DIR / f"{task.stem}.py", catalog.REFERENCE_DIR / f"{task.stem}.py",
+    for task in task_list.TASKS:
+        for path in (task_list.TASKS_DIR / f"{task.stem}.py", task_list.REFERENCE_DIR / f"{task.stem}.py",
                      task.test_file, task.lesson_file, task.hints_file):
-            assert path.exists(), f"task {task.number} is missing {path.relative_to(catalog.REPO_ROOT)}"
+            assert path.exists(), f"task {task.number} is missing {path.relative_to(task_list.REPO_ROOT)}"
 
 
 def test_public_names_agree():
     """tasks/, reference/ and the catalog name the same public objects."""
     stubs, reference = implementation.resolve("tasks"), implementation.resolve("reference")
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         for name in task.names:
             stub_obj, ref_obj = stubs.get(task, name), reference.get(task, name)
             assert type(stub_obj) is type(ref_obj), f"task {task.number}: `{name}` differs in kind"
@@ -164,8 +164,8 @@ def test_public_names_agree():
 
 def test_every_stub_says_its_task_number():
     """The checker tells "not started" from "builds on task N" by the stub's message."""
-    for task in catalog.TASKS:
-        source = (catalog.TASKS_DIR / f"{task.stem}.py").read_text()
+    for task in task_list.TASKS:
+        source = (task_list.TASKS_DIR / f"{task.stem}.py").read_text()
         assert f'NotImplementedError("Task {task.number}:' in source, task.stem
 
 
@@ -181,6 +181,6 @@ def test_call_signature_mismatch_is_not_blamed_on_the_check(tmp_path):
             def __call__(self, x, deterministic):  # no default, unlike the lesson
                 return nn.Dense(self.head_size, use_bias=False, name="value")(x)
         '''))
-    text = grading.run_suite(HEAD, tmp_path).text()
+    text = runner.run_suite(HEAD, tmp_path).text()
     assert "bug in the check" not in text
     assert "could not be called the way the lesson describes" in text or "your code raised" in text

@@ -22,7 +22,9 @@ import string
 import nbformat
 import pytest
 
-from jaxgpt import catalog, notebook
+from jaxgpt.grader import task_list
+from jaxgpt import milestone
+from jaxgpt.notebook import build as notebook
 
 CELL_TIMEOUT_S = 300
 EXECUTION_TIMEOUT_S = 1800
@@ -88,7 +90,7 @@ def test_every_task_has_its_cells_in_order():
     sources = [c.source for c in nb.cells]
     by_id = {c.id: c for c in nb.cells}
     positions = []
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         tag = f"task{task.number:02d}"
         heading = by_id[f"{tag}-heading"].source
         assert heading.startswith(f"## Task {task.number} · {task.title}")
@@ -137,12 +139,12 @@ def test_missing_sources_are_listed(monkeypatch, tmp_path):
 
 def test_needs_tasks_turns_a_stub_into_a_sentence(capsys):
     """An unfinished task inside a notebook cell prints which tasks to finish, and other errors pass"""
-    with notebook.needs_tasks(6, 7, 8):
+    with milestone.needs_tasks(6, 7, 8):
         raise NotImplementedError("Task 7: write train_step")
     said = capsys.readouterr().out
     assert "finish tasks 6-8 first" in said.lower() and "Task 7: write train_step" in said
     with pytest.raises(ValueError):
-        with notebook.needs_tasks(8):
+        with milestone.needs_tasks(8):
             raise ValueError("the learner's own bug")
 
 
@@ -176,7 +178,7 @@ def _execute(nb, tmp_path, monkeypatch):
             assert "RUN_MILESTONE = False" in cell.source
             cell.source = cell.source.replace("RUN_MILESTONE = False", "RUN_MILESTONE = True", 1)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(catalog.REPO_ROOT)}})
+                            resources={"metadata": {"path": str(task_list.REPO_ROOT)}})
     try:
         client.execute()
     except CellExecutionError as err:
@@ -222,7 +224,7 @@ def test_notebook_with_solutions_passes_every_check(tmp_path, monkeypatch):
     nb = _execute(nbformat.read(path, as_version=4), tmp_path, monkeypatch)
 
     checks = _check_cells(nb)
-    assert [n for n, _ in checks] == [t.number for t in catalog.TASKS]
+    assert [n for n, _ in checks] == [t.number for t in task_list.TASKS]
     for number, cell in checks:
         said = _text(cell)
         assert re.search(rf"Task {number} · .*: all \d+ checks pass", said), (
@@ -249,7 +251,7 @@ def test_notebook_with_stubs_runs_and_says_not_started(tmp_path, monkeypatch):
     nb = _execute(nbformat.read(path, as_version=4), tmp_path, monkeypatch)
 
     checks = _check_cells(nb)
-    assert [n for n, _ in checks] == [t.number for t in catalog.TASKS]
+    assert [n for n, _ in checks] == [t.number for t in task_list.TASKS]
     for number, cell in checks:
         said = _text(cell)
         assert "not started" in said, f"check({number}) on the stub said:\n{said}"

@@ -2,7 +2,7 @@
 
 Oracles: a GPT built from Flax's layers (tests/oracles_gpt.py) with the parameter tree the lesson fixes, run
 on the very parameters loaded into the learner's model; the feed-forward computed by hand in float64;
-the reference modules themselves (jaxgpt/differential.py), run on the same parameters and compared submodule
+the reference modules themselves (jaxgpt/grader/differential.py), run on the same parameters and compared submodule
 by submodule in evaluation and training mode, with every dropout judged by what it drops and at what rate;
 causality, shapes, jit and the dropout RNG. A failure names its likely cause by recomputing the usual wrong
 variants (post-norm, a missing residual, no causal mask, GELU, ...) from the same parameters, or the
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checks
+from jaxgpt.grader import checks
 import oracles_gpt as og
 from module_checks import RATE, block_names, build as _build, feedforward_names, jitted_logits
 from module_checks import logits as _logits, model_names, output, own_params as _own_params, position_explainer

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import checks, outcomes
+from jaxgpt.grader import checks, outcomes
 import oracles
 
 TASK = 2

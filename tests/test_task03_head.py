@@ -2,7 +2,7 @@
 
 Oracles: Flax's `nn.dot_product_attention` on the learner's own q, k, v projections; a float64 numpy
 attention; the reference's Head on the same parameters, submodule by submodule, for lengths and batches that
-don't hide mistakes (jaxgpt/differential.py); its dropout, matched by what it drops; causality. Known mistakes
+don't hide mistakes (jaxgpt/grader/differential.py); its dropout, matched by what it drops; causality. Known mistakes
 are named by recomputing them, and by the catalogue's mistakes when one gives exactly the learner's output.
 """
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import checks, differential
+from jaxgpt.grader import checks, differential
 import oracles
 
 TASK = 3

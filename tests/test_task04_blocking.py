@@ -10,11 +10,11 @@ import shutil
 import subprocess
 import sys
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
 GRADE = """
 import json, sys
-from jaxgpt.grading import run_suite
+from jaxgpt.grader.runner import run_suite
 verdict = run_suite(4, sys.argv[1])
 print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
                   "checks": [c.status for c in verdict.checks]}))
@@ -22,10 +22,10 @@ print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
 
 
 def test_unfinished_task_3_blocks_task_4(tmp_path):
-    shutil.copy(catalog.REFERENCE_DIR / "task04_multihead.py", tmp_path / "task04_multihead.py")
-    shutil.copy(catalog.TASKS_DIR / "task03_head.py", tmp_path / "task03_head.py")
+    shutil.copy(task_list.REFERENCE_DIR / "task04_multihead.py", tmp_path / "task04_multihead.py")
+    shutil.copy(task_list.TASKS_DIR / "task03_head.py", tmp_path / "task03_head.py")
     done = subprocess.run([sys.executable, "-c", GRADE, str(tmp_path)], capture_output=True, text=True,
-                          cwd=catalog.REPO_ROOT, timeout=300)
+                          cwd=task_list.REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     verdict = json.loads(done.stdout.strip().splitlines()[-1])
     assert verdict["status"] == "blocked", verdict["text"]

@@ -3,7 +3,7 @@
 Oracles: the same computation in float64 numpy from the learner's own parameters (each head's causal
 attention by tests/oracles.causal_attention, concatenated in head order, then the projection); the
 parameter tree; the reference's MultiHeadAttention on the same parameters, submodule by submodule, for
-lengths and batches that don't hide mistakes (jaxgpt/differential.py); its dropouts, matched by what they drop;
+lengths and batches that don't hide mistakes (jaxgpt/grader/differential.py); its dropouts, matched by what they drop;
 causality. C = 12 differs from num_heads * head_size = 15, so a projection to the wrong width shows. Known
 mistakes are named by recomputing them, and by the catalogue's mistakes when one gives exactly the learner's
 output.
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checks, differential
+from jaxgpt.grader import checks, differential
 import oracles
 
 TASK = 4

@@ -3,7 +3,7 @@
 Oracles: `nn.MultiHeadDotProductAttention` run with the learner's parameters and `nn.make_causal_mask`; its
 `init` for the parameter tree; the GPT of tests/oracles_gpt.py with the learner's attention in place of
 Flax's, on the same parameters; a float64 numpy computation, head by head; the reference's layer on the same
-parameters, submodule by submodule, for lengths and batches that don't hide mistakes (jaxgpt/differential.py);
+parameters, submodule by submodule, for lengths and batches that don't hide mistakes (jaxgpt/grader/differential.py);
 its dropout, matched by what it drops; causality. Known mistakes are named by recomputing them in numpy from the
 learner's parameters, and by the catalogue's mistakes when one gives exactly the learner's output.
 """
@@ -14,7 +14,7 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks, differential, outcomes
+from jaxgpt.grader import checks, differential, outcomes
 import oracles
 import oracles_gpt
 

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
 GRADE = """
 import json, sys
-from jaxgpt.grading import run_suite
+from jaxgpt.grader.runner import run_suite
 verdict = run_suite(6, sys.argv[1])
 print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
                   "checks": [c.status for c in verdict.checks]}))
@@ -25,12 +25,12 @@ print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
 
 @pytest.mark.parametrize("unfinished, finished", [(5, 1), (1, 5)], ids=["task5_stub", "task1_stub"])
 def test_unfinished_earlier_task_blocks_task_6(tmp_path, unfinished, finished):
-    stems = {n: catalog.get_task(n).stem for n in (1, 5, 6)}
-    shutil.copy(catalog.REFERENCE_DIR / f"{stems[6]}.py", tmp_path / f"{stems[6]}.py")
-    shutil.copy(catalog.REFERENCE_DIR / f"{stems[finished]}.py", tmp_path / f"{stems[finished]}.py")
-    shutil.copy(catalog.TASKS_DIR / f"{stems[unfinished]}.py", tmp_path / f"{stems[unfinished]}.py")
+    stems = {n: task_list.get_task(n).stem for n in (1, 5, 6)}
+    shutil.copy(task_list.REFERENCE_DIR / f"{stems[6]}.py", tmp_path / f"{stems[6]}.py")
+    shutil.copy(task_list.REFERENCE_DIR / f"{stems[finished]}.py", tmp_path / f"{stems[finished]}.py")
+    shutil.copy(task_list.TASKS_DIR / f"{stems[unfinished]}.py", tmp_path / f"{stems[unfinished]}.py")
     done = subprocess.run([sys.executable, "-c", GRADE, str(tmp_path)], capture_output=True, text=True,
-                          cwd=catalog.REPO_ROOT, timeout=300)
+                          cwd=task_list.REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     verdict = json.loads(done.stdout.strip().splitlines()[-1])
     assert verdict["status"] == "blocked", verdict["text"]
@@ -42,7 +42,7 @@ def test_unfinished_earlier_task_blocks_task_6(tmp_path, unfinished, finished):
 
 GRADE_MANY = """
 import json, sys
-from jaxgpt.grading import run_suite
+from jaxgpt.grader.runner import run_suite
 for directory in sys.argv[1:]:
     verdict = run_suite(6, directory, keyword="block_same_as_reference or block_dropout")
     print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True)}))
@@ -53,19 +53,19 @@ for directory in sys.argv[1:]:
 def test_a_wrong_earlier_part_is_named_with_its_task(tmp_path):
     """Task 6 right, but the learner's task-1 FeedForward (GELU) or task-5 attention (no scale) wrong: the
     verdict of task 6's Block says which part is wrong and in which task, verified by running that part alone."""
-    stems = {n: catalog.get_task(n).stem for n in (1, 5, 6)}
-    cases = {1: ("FeedForward", catalog.TESTS_DIR / "catalogue" / stems[1] / "mistake_gelu.py"),
-             5: ("EinsumMultiHeadAttention", catalog.TESTS_DIR / "catalogue" / stems[5] / "mistake_no_scale.py")}
+    stems = {n: task_list.get_task(n).stem for n in (1, 5, 6)}
+    cases = {1: ("FeedForward", task_list.TESTS_DIR / "catalogue" / stems[1] / "mistake_gelu.py"),
+             5: ("EinsumMultiHeadAttention", task_list.TESTS_DIR / "catalogue" / stems[5] / "mistake_no_scale.py")}
     directories = []
     for task, (_, wrong) in cases.items():
         directory = tmp_path / f"wrong_task{task}"
         directory.mkdir()
         for n in (1, 5, 6):
-            shutil.copy(catalog.REFERENCE_DIR / f"{stems[n]}.py", directory / f"{stems[n]}.py")
+            shutil.copy(task_list.REFERENCE_DIR / f"{stems[n]}.py", directory / f"{stems[n]}.py")
         shutil.copy(wrong, directory / f"{stems[task]}.py")
         directories.append(str(directory))
     done = subprocess.run([sys.executable, "-c", GRADE_MANY, *directories], capture_output=True, text=True,
-                          cwd=catalog.REPO_ROOT, timeout=600)
+                          cwd=task_list.REPO_ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     verdicts = [json.loads(line) for line in done.stdout.strip().splitlines()[-2:]]
     for (task, (part, _)), verdict in zip(cases.items(), verdicts):

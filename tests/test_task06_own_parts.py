@@ -2,7 +2,7 @@
 
 Oracles: Flax's `nn.LayerNorm` and a float64 layer norm by hand (with inputs of tiny variance, where epsilon
 matters); a GPT built from Flax's layers (tests/oracles_gpt.py) whose parameters, in task 1's tree, are
-loaded into the learner's Block and MiniGPT; the reference modules themselves (jaxgpt/differential.py), run on
+loaded into the learner's Block and MiniGPT; the reference modules themselves (jaxgpt/grader/differential.py), run on
 the same parameters and compared submodule by submodule in evaluation and training mode, with every dropout
 judged by what it drops and at what rate; causality, jit and the dropout RNG. A failure names its likely
 cause by recomputing the usual wrong variants or the catalogued mistake whose output the learner's equals,
@@ -19,7 +19,7 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from jaxgpt import checks, differential
+from jaxgpt.grader import checks, differential
 import oracles_gpt as og
 from module_checks import RATE, block_names, build as _build, first_non_finite, first_of, jitted_logits
 from module_checks import logits as _logits, logits_shape_hint, model_names, output, own_params as _own_params

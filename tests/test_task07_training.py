@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxgpt import checks, outcomes
+from jaxgpt.grader import checks, outcomes
 from jaxgpt.data import get_batch
 
 TASK = 7

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checks, outcomes
+from jaxgpt.grader import checks, outcomes
 
 TASK = 8
 

@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgpt import checkpoint, configs, training
-from jaxgpt.configs import Config, ConfigError, ModelConfig, TrainConfig
+from jaxgpt.training import checkpoint, configs, loop
+from jaxgpt.training.configs import Config, ConfigError, ModelConfig, TrainConfig
 
 CORPUS = "the quick brown fox jumps over the lazy dog.\nthe lazy dog sleeps in the sun.\n" * 60
 VOCAB = len(set(CORPUS))  # 29: the alphabet, space, full stop, newline
@@ -35,13 +35,13 @@ TOY = Config(
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("micro")
-    history = training.train(RUN, impl="reference", text=CORPUS, out_dir=out, progress=False,
+    history = loop.train(RUN, impl="reference", text=CORPUS, out_dir=out, progress=False,
                              log=lambda line: None)
     return history, out
 
 
 def _reference_model(config: Config, task: int = 1):
-    return training.build_model(training.model_class("reference", task), config)
+    return loop.build_model(loop.model_class("reference", task), config)
 
 
 # ---- configurations ---------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_parameter_counts_with_65_characters(name, expected):
     config = configs.get_config(name).with_vocab_size(65)
     model = _reference_model(config)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
-    assert training.count_params(shapes["params"]) == expected
+    assert loop.count_params(shapes["params"]) == expected
     if name == "video":
         assert expected - 10_788_929 == 3 * config.model.n_layer * config.model.n_embd
 
@@ -100,21 +100,21 @@ def test_overrides_change_length_and_evaluation_only():
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     train = TrainConfig(learning_rate=1e-3, max_iters=100, warmup_iters=10, min_lr=1e-4, schedule="cosine")
-    lr = training.learning_rate_schedule(train)
+    lr = loop.learning_rate_schedule(train)
     assert float(lr(0)) == 0.0
     assert float(lr(5)) == pytest.approx(5e-4)
     assert float(lr(10)) == pytest.approx(1e-3)
     assert float(lr(55)) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-5)  # halfway down the cosine
     assert float(lr(100)) == pytest.approx(1e-4)
-    assert training.learning_rate_schedule(dataclasses.replace(train, schedule="constant")) == 1e-3
+    assert loop.learning_rate_schedule(dataclasses.replace(train, schedule="constant")) == 1e-3
     with pytest.raises(ConfigError):
-        training.learning_rate_schedule(dataclasses.replace(train, schedule="linear"))
+        loop.learning_rate_schedule(dataclasses.replace(train, schedule="linear"))
 
 
 def test_weight_decay_spares_biases_and_layer_norms():
     """With zero gradients only decay moves parameters: matrices shrink, vectors stay."""
     train = TrainConfig(learning_rate=0.1, weight_decay=0.5, schedule="constant", grad_clip=1.0)
-    tx = training.make_optimizer(train)
+    tx = loop.make_optimizer(train)
     params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, "ln": {"scale": jnp.ones(4)}}
     updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -127,7 +127,7 @@ def test_weight_decay_spares_biases_and_layer_norms():
                          [(10, 250, 2000, 10), (10, 6, 12, 6), (4, 6, 12, 3), (10, 7, 13, 1)])
 def test_steps_per_call_ends_on_every_evaluation(wanted, eval_interval, max_iters, expected):
     train = TrainConfig(eval_interval=eval_interval, max_iters=max_iters)
-    assert training._steps_per_call(wanted, train) == expected
+    assert loop._steps_per_call(wanted, train) == expected
 
 
 def test_scanned_steps_equal_single_steps():
@@ -135,11 +135,11 @@ def test_scanned_steps_equal_single_steps():
     config = TOY.with_vocab_size(20)
     model = _reference_model(config)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    tx = training.make_optimizer(config.train)
+    tx = loop.make_optimizer(config.train)
     data = jnp.arange(200, dtype=jnp.int32) % 20
     key = jax.random.PRNGKey(1)
-    three = training.make_train_steps(model, tx, config, 3)
-    one = training.make_train_steps(model, tx, config, 1)
+    three = loop.make_train_steps(model, tx, config, 3)
+    one = loop.make_train_steps(model, tx, config, 1)
     p3, _, losses3 = three(params, tx.init(params), data, key, 0)
     p1, s1, losses1 = params, tx.init(params), []
     for step in range(3):
@@ -180,7 +180,7 @@ def test_run_writes_a_checkpoint_and_its_history(run):
 
 def test_same_seed_same_run(run):
     history, _ = run
-    again = training.train(RUN, impl="reference", text=CORPUS, progress=False, log=lambda s: None)
+    again = loop.train(RUN, impl="reference", text=CORPUS, progress=False, log=lambda s: None)
     assert again.batch_losses == history.batch_losses and again.eval_losses == history.eval_losses
 
 
@@ -209,8 +209,8 @@ def test_unfinished_model_is_a_sentence(tmp_path):
             def __call__(self, idx, deterministic=True):
                 raise NotImplementedError("Task 1: write MiniGPT")
         ''')
-    with pytest.raises(training.TrainingError) as info:
-        training.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
+    with pytest.raises(loop.TrainingError) as info:
+        loop.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
     assert str(info.value) == "task 1 is not finished: `MiniGPT` still raises NotImplementedError."
 
 
@@ -230,9 +230,9 @@ def test_model_with_another_parameter_tree_is_refused(tmp_path):
             def __call__(self, idx, deterministic=True):
                 return nn.Embed(self.vocab_size, self.vocab_size, name="token_embedding")(idx)
         ''')
-    with pytest.raises(training.TrainingError, match="does not have the lesson's parameter tree "
+    with pytest.raises(loop.TrainingError, match="does not have the lesson's parameter tree "
                                                      r"\(position_embedding is missing\)"):
-        training.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
+        loop.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
 
 
 def test_bug_in_the_model_names_the_learners_line(tmp_path):
@@ -252,19 +252,19 @@ def test_bug_in_the_model_names_the_learners_line(tmp_path):
                 x = nn.Embed(self.vocab_size, self.n_embd)(idx)
                 return x @ x  # (B, T, C) @ (B, T, C): the shapes do not fit
         ''')
-    with pytest.raises(training.TrainingError) as info:
-        training.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
+    with pytest.raises(loop.TrainingError) as info:
+        loop.train(TOY, impl=path, text=CORPUS, progress=False, log=lambda s: None)
     message = str(info.value)
     assert message.startswith("your model raised TypeError") and "solution.py, line 14" in message
     assert "return x @ x" in message
 
 
 def test_only_tasks_1_and_6_can_be_trained():
-    with pytest.raises(training.TrainingError, match="Only tasks 1 and 6"):
-        training.model_class("reference", 3)
-    assert training.model_class("reference", 6).__module__.endswith("task06_own_parts")
+    with pytest.raises(loop.TrainingError, match="Only tasks 1 and 6"):
+        loop.model_class("reference", 3)
+    assert loop.model_class("reference", 6).__module__.endswith("task06_own_parts")
 
 
 def test_text_too_short_for_a_block_is_a_sentence():
-    with pytest.raises(training.TrainingError, match="eval split"):
-        training.train(TOY, impl="reference", text="abcdefghij" * 5, progress=False, log=lambda s: None)
+    with pytest.raises(loop.TrainingError, match="eval split"):
+        loop.train(TOY, impl="reference", text="abcdefghij" * 5, progress=False, log=lambda s: None)

@@ -21,12 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jaxgpt import catalog, grading, outcomes, settings
+from jaxgpt.grader import task_list, runner, outcomes
+from jaxgpt import settings
 
 
 @dataclasses.dataclass
 class Entry:
-    task: catalog.Task
+    task: task_list.Task
     path: Path
     kind: str  # "mistake" or "correct"
     description: str
@@ -37,15 +38,15 @@ class Entry:
         return f"{self.task.stem}/{self.path.stem}"
 
 
-def entries(task: catalog.Task | None = None) -> list[Entry]:
+def entries(task: task_list.Task | None = None) -> list[Entry]:
     found = []
-    for t in [task] if task else catalog.TASKS:
+    for t in [task] if task else task_list.TASKS:
         for path in sorted(t.catalogue_dir.glob("*.py")) if t.catalogue_dir.is_dir() else []:
             found.append(_read_entry(t, path))
     return found
 
 
-def _read_entry(task: catalog.Task, path: Path) -> Entry:
+def _read_entry(task: task_list.Task, path: Path) -> Entry:
     values = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -62,13 +63,13 @@ def overlay(entry: Entry, workdir: Path) -> Path:
     """A directory laid out like reference/, with the entry in place of its task's file."""
     target = workdir / entry.path.stem
     target.mkdir(parents=True)
-    for source in catalog.REFERENCE_DIR.glob("task*.py"):
+    for source in task_list.REFERENCE_DIR.glob("task*.py"):
         shutil.copy(source, target / source.name)
     shutil.copy(entry.path, target / f"{entry.task.stem}.py")
     return target
 
 
-def judge(entry: Entry, verdict: grading.Verdict) -> str | None:
+def judge(entry: Entry, verdict: runner.Verdict) -> str | None:
     """None when the suite treated the entry as the catalogue demands, else what went wrong."""
     text = verdict.text(verbose=True)
     if entry.kind == "correct":
@@ -82,13 +83,13 @@ def judge(entry: Entry, verdict: grading.Verdict) -> str | None:
     return None
 
 
-def run(task: catalog.Task) -> dict[str, dict]:
+def run(task: task_list.Task) -> dict[str, dict]:
     results = {}
     with tempfile.TemporaryDirectory(prefix="jaxgpt-catalogue-") as tmp:
         for entry in entries(task):
-            # An entry may not diagnose itself through the catalogue table (jaxgpt/differential.py).
+            # An entry may not diagnose itself through the catalogue table (jaxgpt/grader/differential.py).
             os.environ[settings.CATALOGUE_EXCLUDE] = str(entry.path)
-            verdict = grading.run_suite(task, overlay(entry, Path(tmp)), timeout_s=120)
+            verdict = runner.run_suite(task, overlay(entry, Path(tmp)), timeout_s=120)
             results[entry.id] = {"problem": judge(entry, verdict), "status": verdict.status,
                                  "seconds": round(verdict.seconds, 2)}
     return results
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Grade a task's mistake catalogue; print JSON results.")
     parser.add_argument("task", type=int)
     args = parser.parse_args(argv)
-    results = run(catalog.get_task(args.task))
+    results = run(task_list.get_task(args.task))
     sys.stdout.write(json.dumps(results) + "\n")
     return 0
 

@@ -375,7 +375,7 @@ def assert_same_behaviour(learner, reference, variables, inputs: Iterable[tuple]
     transparent; None calls without `deterministic`, for a module that takes none). On a mismatch, names the
     first place where they part and, where a catalogued mistake of `task` gives exactly the learner's output
     (`build(view)` makes that mistake's module), its diagnosis."""
-    from jaxgpt import checks
+    from jaxgpt.grader import checks
 
     for args in inputs:
         for deterministic in modes:
@@ -527,7 +527,7 @@ def assert_same_dropout(learner, reference, variables, args: tuple, what: str, r
                         names: dict[str, str] | None = None,
                         describe: Callable[[np.ndarray], str | None] | None = None) -> None:
     """In training mode, the learner's module drops the same values as the reference's, at the same rate."""
-    from jaxgpt import checks
+    from jaxgpt.grader import checks
 
     expected = record(reference, variables, *args, deterministic=False, rngs=_rngs())
     got = record(learner, variables, *args, deterministic=False, rngs=_rngs())
@@ -594,7 +594,7 @@ def _catalogue_views(task):
     import tempfile
     from pathlib import Path
 
-    from jaxgpt import implementation, mistakes
+    from jaxgpt.grader import implementation, mistakes
 
     if task.number not in _CATALOGUE_CACHE:
         views = []

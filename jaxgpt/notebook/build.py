@@ -5,7 +5,7 @@
     python -m jaxgpt.notebook --solutions PATH    # a copy with the reference solutions in the stub cells
 
 The notebook, top to bottom: lessons/intro.md; a set-up cell; lessons/part0_warmup.md; then for every task
-of jaxgpt.catalog.TASKS a heading, its lesson, its stub (tasks/taskNN_<slug>.py without the module docstring
+of jaxgpt.grader.task_list.TASKS a heading, its lesson, its stub (tasks/taskNN_<slug>.py without the module docstring
 and without single-line relative imports: earlier tasks' names are notebook globals), a check cell and a
 hint cell, with lessons/partN.md before the first task of each part and an optional milestone after task 1;
 lessons/finale.md last. In the markdown files, a fenced block whose info string is exactly `python run`
@@ -15,8 +15,7 @@ without the repository's files.
 The build is deterministic (cell ids from positions and roles, no outputs, fixed metadata), so the
 freshness check compares exactly.
 
-This module also holds two helpers that the notebook's cells call: `needs_tasks`, which turns an
-unfinished task's NotImplementedError into a sentence, and `run_milestone`.
+The helpers that the notebook's cells call at run time are in jaxgpt/milestone.py.
 """
 
 from __future__ import annotations
@@ -24,22 +23,21 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
-import contextlib
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
 # The one place that says where the challenge lives: the Colab set-up cell clones it from here.
 REPO_URL = "https://github.com/jax-gpt-challenge/jaxgpt-challenge.git"
 COLAB_DIR = "/content/jaxgpt-challenge"
 
-NOTEBOOK_PATH = catalog.REPO_ROOT / "challenge.ipynb"
-INTRO = catalog.LESSONS_DIR / "intro.md"
-WARMUP = catalog.LESSONS_DIR / "part0_warmup.md"
-FINALE = catalog.LESSONS_DIR / "finale.md"
+NOTEBOOK_PATH = task_list.REPO_ROOT / "challenge.ipynb"
+INTRO = task_list.LESSONS_DIR / "intro.md"
+WARMUP = task_list.LESSONS_DIR / "part0_warmup.md"
+FINALE = task_list.LESSONS_DIR / "finale.md"
 # The part introduction shown before the first task of each part.
 PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md"}
 MILESTONE_AFTER_TASK = 1
@@ -129,7 +127,7 @@ def _display(path: Path | None) -> str:
     if path is None:
         return "the source"
     try:
-        return str(path.relative_to(catalog.REPO_ROOT))
+        return str(path.relative_to(task_list.REPO_ROOT))
     except ValueError:
         return str(path)
 
@@ -158,7 +156,7 @@ class _Builder:
 
         def attach(match: re.Match) -> str:
             alt, relative = match.group(1), match.group(2)
-            picture = catalog.REPO_ROOT / relative
+            picture = task_list.REPO_ROOT / relative
             if not picture.is_file():
                 self.missing.append(relative)
                 return match.group(0)
@@ -199,15 +197,15 @@ def build(solutions: bool = False, allow_missing: bool = False):
     import nbformat
 
     b = _Builder(allow_missing)
-    code_dir = catalog.REFERENCE_DIR if solutions else catalog.TASKS_DIR
+    code_dir = task_list.REFERENCE_DIR if solutions else task_list.TASKS_DIR
     b.lesson("intro", INTRO)
     b.code("setup", setup_cell())
     b.lesson("part0", WARMUP)
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         n = task.number
         tag = f"task{n:02d}"
         if n in PART_BEFORE_TASK:
-            b.lesson(f"part-before-{tag}", catalog.LESSONS_DIR / PART_BEFORE_TASK[n])
+            b.lesson(f"part-before-{tag}", task_list.LESSONS_DIR / PART_BEFORE_TASK[n])
         b.markdown(f"{tag}-heading", task_heading(task))
         b.lesson(f"{tag}-lesson", task.lesson_file)
         code_path = code_dir / f"{task.stem}.py"
@@ -235,7 +233,7 @@ def build(solutions: bool = False, allow_missing: bool = False):
     return nb
 
 
-def task_heading(task: catalog.Task) -> str:
+def task_heading(task: task_list.Task) -> str:
     names = ", ".join(f"`{name}`" for name in task.names)
     return (f"## Task {task.number} · {task.title}\n\n"
             f"*about {task.minutes} minutes · difficulty {task.stars}*\n\n"
@@ -258,7 +256,7 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, "{COLAB_DIR}")  # an editable install is only seen after a restart; this makes it now
 
 from jaxgpt import check, hint
-from jaxgpt.grading import warm_up
+from jaxgpt.grader.check_cell import warm_up
 
 warm_up()  # checks run in a separate process, which starts loading JAX now, so the first check(N) is quick
 
@@ -281,70 +279,12 @@ def milestone_cell() -> str:
     return '''RUN_MILESTONE = False  # set to True to train your task 1 MiniGPT (about 8 minutes on a CPU)
 
 if RUN_MILESTONE:
-    from jaxgpt.notebook import run_milestone
+    from jaxgpt.milestone import run_milestone
 
     milestone_history = run_milestone(globals(), task=1)
 else:
     print("Milestone skipped: set RUN_MILESTONE = True above to train your MiniGPT here, or run "
           "`jaxgpt train --config tiny --impl tasks` in a terminal.")'''
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Helpers the notebook's cells call
-
-
-def _task_span(numbers: tuple[int, ...]) -> str:
-    numbers = tuple(sorted(set(numbers)))
-    if len(numbers) == 1:
-        return f"task {numbers[0]}"
-    if numbers == tuple(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 2:
-        return f"tasks {numbers[0]}-{numbers[-1]}"
-    return "tasks " + ", ".join(str(n) for n in numbers[:-1]) + f" and {numbers[-1]}"
-
-
-@contextlib.contextmanager
-def needs_tasks(*numbers: int) -> Iterator[None]:
-    """`with needs_tasks(6, 7): ...` runs a cell's body; if an unfinished stub raises NotImplementedError
-    inside it, the cell prints one sentence instead of a traceback. Any other error is the learner's code
-    speaking and goes through unchanged."""
-    try:
-        yield
-    except NotImplementedError as err:
-        said = f' ("{err}")' if str(err) else ""
-        span = _task_span(numbers)
-        print(f"Not yet: this cell uses your code from {span}, and a stub still raises NotImplementedError"
-              f"{said}. Finish {span} first, then run this cell again.")
-
-
-def run_milestone(namespace: Mapping[str, Any], task: int = 1, config_name: str = "tiny",
-                  max_iters: int | None = None):
-    """Trains the notebook's MiniGPT (task `task`'s names in `namespace`) with the harness's training loop
-    and plots its loss; returns the History, or None (with a sentence) when the model cannot train yet."""
-    from jaxgpt import configs, plots, settings, training
-    from jaxgpt.data import DataError
-
-    if settings.smoke():
-        config_name = "micro"  # the notebook's own tests: seconds, not minutes
-    config = configs.get_config(config_name)
-    full = config.train.max_iters if max_iters is None else max_iters
-    steps = settings.steps(full, 5)
-    config = config.with_overrides(max_iters=steps, eval_interval=min(config.train.eval_interval, steps))
-    try:
-        history = training.train(config, impl=namespace, task=task)
-    except (training.TrainingError, configs.ConfigError, DataError) as err:
-        print(f"The milestone cannot run yet: {err}")
-        return None
-    ax = plots.plot_losses(history.steps, history.train_losses, history.eval_losses)
-    ax.set_title(f"Your task {task} MiniGPT, `{config_name}` configuration")
-    final = history.final_eval_loss
-    if steps == full and final is not None:
-        verdict = "below 1.9: your model learns as it should." if final < 1.9 else (
-            "above 1.9: the reference gets near 1.56 here; run check(1) again and compare your model with "
-            "the lesson.")
-        print(f"Eval loss after {steps} steps: {final:.3f}, {verdict}")
-    elif final is not None:
-        print(f"Eval loss after {steps} steps: {final:.3f} (a short run; the full one has {full} steps).")
-    return history
 
 
 # --------------------------------------------------------------------------------------------------------------

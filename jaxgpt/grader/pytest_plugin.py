@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from jaxgpt import catalog, implementation, outcomes, settings
+from jaxgpt.grader import task_list, implementation, outcomes
+from jaxgpt import settings
 
 
 
@@ -31,9 +32,9 @@ def _configured_implementation(config) -> implementation.Implementation:
     return cached
 
 
-def task_of(node) -> catalog.Task | None:
+def task_of(node) -> task_list.Task | None:
     number = getattr(node.module, "TASK", None) if getattr(node, "module", None) else None
-    return catalog.get_task(number) if number is not None else None
+    return task_list.get_task(number) if number is not None else None
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ _REFERENCE: list = []
 @pytest.fixture
 def reference(request) -> implementation.TaskView:
     """The same task's names from reference/: the other side of the reference-differential checks
-    (jaxgpt/differential.py). Imported once per process."""
+    (jaxgpt/grader/differential.py). Imported once per process."""
     task = task_of(request.node)
     if not _REFERENCE:
         _REFERENCE.append(implementation.resolve("reference"))

@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
 _counter = itertools.count()
 
@@ -33,13 +33,13 @@ class Implementation:
 
     label: str = "implementation"
 
-    def module_for(self, task: catalog.Task) -> Any:
+    def module_for(self, task: task_list.Task) -> Any:
         raise NotImplementedError
 
-    def where(self, task: catalog.Task) -> str:
+    def where(self, task: task_list.Task) -> str:
         return self.label
 
-    def get(self, task: catalog.Task, name: str) -> Any:
+    def get(self, task: task_list.Task, name: str) -> Any:
         module = self.module_for(task)
         try:
             return getattr(module, name) if not isinstance(module, Mapping) else module[name]
@@ -49,14 +49,14 @@ class Implementation:
                 + ", ".join(f"`{n}`" for n in task.names) + "."
             ) from None
 
-    def for_task(self, task: catalog.Task) -> "TaskView":
+    def for_task(self, task: task_list.Task) -> "TaskView":
         return TaskView(self, task)
 
 
 class TaskView:
     """`impl.Head` reads the name `Head` of one task, so test code reads like the lesson."""
 
-    def __init__(self, implementation: Implementation, task: catalog.Task):
+    def __init__(self, implementation: Implementation, task: task_list.Task):
         self._implementation = implementation
         self._task = task
 
@@ -67,10 +67,10 @@ class TaskView:
 
     def other(self, number: int) -> "TaskView":
         """The names of another task from the same implementation (task 6 reuses task 1's `FeedForward`)."""
-        return TaskView(self._implementation, catalog.get_task(number))
+        return TaskView(self._implementation, task_list.get_task(number))
 
     @property
-    def task(self) -> catalog.Task:
+    def task(self) -> task_list.Task:
         return self._task
 
     @property
@@ -94,13 +94,13 @@ class PackageImplementation(Implementation):
         sys.modules[self.package_name] = package
         self._modules: dict[int, Any] = {}
 
-    def path_of(self, task: catalog.Task) -> Path:
+    def path_of(self, task: task_list.Task) -> Path:
         return self.directory / f"{task.stem}.py"
 
-    def where(self, task: catalog.Task) -> str:
+    def where(self, task: task_list.Task) -> str:
         return _display(self.path_of(task))
 
-    def module_for(self, task: catalog.Task) -> Any:
+    def module_for(self, task: task_list.Task) -> Any:
         if task.number in self._modules:
             return self._modules[task.number]
         path = self.path_of(task)
@@ -131,7 +131,7 @@ class FileImplementation(Implementation):
         self.label = _display(self.path)
         self._module = None
 
-    def module_for(self, task: catalog.Task) -> Any:
+    def module_for(self, task: task_list.Task) -> Any:
         if self._module is None:
             name = f"_jaxgpt_file_{next(_counter)}"
             spec = importlib.util.spec_from_file_location(name, self.path)
@@ -157,10 +157,10 @@ class NamespaceImplementation(Implementation):
         self.namespace = namespace
         self.label = label
 
-    def module_for(self, task: catalog.Task) -> Any:
+    def module_for(self, task: task_list.Task) -> Any:
         return self.namespace
 
-    def get(self, task: catalog.Task, name: str) -> Any:
+    def get(self, task: task_list.Task, name: str) -> Any:
         try:
             return self.namespace[name]
         except KeyError:
@@ -182,7 +182,7 @@ def _line_in(err: BaseException, path: Path) -> str:
 
 def _display(path: Path) -> str:
     try:
-        return str(path.relative_to(catalog.REPO_ROOT))
+        return str(path.relative_to(task_list.REPO_ROOT))
     except ValueError:
         return str(path)
 
@@ -195,9 +195,9 @@ def resolve(spec: str | Path | Mapping[str, Any] | Implementation) -> Implementa
         return NamespaceImplementation(spec)
     text = str(spec)
     if text == "tasks":
-        return PackageImplementation(catalog.TASKS_DIR)
+        return PackageImplementation(task_list.TASKS_DIR)
     if text == "reference":
-        return PackageImplementation(catalog.REFERENCE_DIR)
+        return PackageImplementation(task_list.REFERENCE_DIR)
     path = Path(text).expanduser()
     if path.is_dir():
         return PackageImplementation(path)

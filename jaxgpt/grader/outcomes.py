@@ -13,8 +13,8 @@ import re
 import traceback
 from pathlib import Path
 
-from jaxgpt import catalog
-from jaxgpt.implementation import LoadError, MissingName
+from jaxgpt.grader import task_list
+from jaxgpt.grader.implementation import LoadError, MissingName
 
 
 class Status(enum.StrEnum):
@@ -39,8 +39,8 @@ class Status(enum.StrEnum):
 
 _TASK_IN_MESSAGE = re.compile(r"\b[Tt]ask\s*0*(\d+)\b")
 _TASK_IN_FILE = re.compile(r"task(\d\d)_\w+\.py$")
-_HARNESS_DIR = str(Path(__file__).resolve().parent)
-_TESTS_DIR = str(catalog.TESTS_DIR)
+_HARNESS_DIR = str(Path(__file__).resolve().parents[1])  # all of jaxgpt/
+_TESTS_DIR = str(task_list.TESTS_DIR)
 _NAME_ERROR = re.compile(r"name '(\w+)' is not defined")
 _RETURNED_A_SEQUENCE = re.compile(r"'(tuple|list|dict|NoneType)' object has no attribute")
 
@@ -63,7 +63,7 @@ def is_load_error(exc: BaseException | None) -> bool:
     return isinstance(exc, (LoadError, MissingName))
 
 
-def classify(exc: BaseException | None, task: catalog.Task, timeout_s: float | None = None) -> Outcome:
+def classify(exc: BaseException | None, task: task_list.Task, timeout_s: float | None = None) -> Outcome:
     if exc is None:
         return Outcome(PASSED)
     if isinstance(exc, MissingName):
@@ -140,13 +140,13 @@ def _flax_error(exc: BaseException) -> str | None:
     return f"Flax stopped your module with {name}: {_trim(message, 400)}"
 
 
-def _unknown_task_name(exc: BaseException) -> tuple[str, catalog.Task] | None:
+def _unknown_task_name(exc: BaseException) -> tuple[str, task_list.Task] | None:
     if not isinstance(exc, NameError):
         return None
     found = _NAME_ERROR.search(str(exc))
     if not found:
         return None
-    for task in catalog.TASKS:
+    for task in task_list.TASKS:
         if found.group(1) in task.names:
             return found.group(1), task
     return None
@@ -158,14 +158,14 @@ def _looks_like_a_call_mismatch(text: str) -> bool:
         "required keyword-only argument", "takes no arguments", "multiple values for argument"))
 
 
-def _task_that_is_unfinished(exc: BaseException) -> catalog.Task | None:
+def _task_that_is_unfinished(exc: BaseException) -> task_list.Task | None:
     match = _TASK_IN_MESSAGE.search(str(exc))
-    if match and int(match.group(1)) in catalog.BY_NUMBER:
-        return catalog.BY_NUMBER[int(match.group(1))]
+    if match and int(match.group(1)) in task_list.BY_NUMBER:
+        return task_list.BY_NUMBER[int(match.group(1))]
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         found = _TASK_IN_FILE.search(frame.filename)
-        if found and int(found.group(1)) in catalog.BY_NUMBER:
-            return catalog.BY_NUMBER[int(found.group(1))]
+        if found and int(found.group(1)) in task_list.BY_NUMBER:
+            return task_list.BY_NUMBER[int(found.group(1))]
     return None
 
 
@@ -183,7 +183,7 @@ def learner_frame(exc: BaseException) -> str | None:
         if is_learner_file(frame.filename):
             filename = frame.filename
             try:
-                filename = str(Path(filename).resolve().relative_to(catalog.REPO_ROOT))
+                filename = str(Path(filename).resolve().relative_to(task_list.REPO_ROOT))
             except ValueError:
                 if "ipykernel" in filename or filename.startswith("<ipython"):
                     filename = "your notebook cell"

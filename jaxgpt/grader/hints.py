@@ -8,21 +8,21 @@ import json
 import re
 from pathlib import Path
 
-from jaxgpt import catalog
+from jaxgpt.grader import task_list
 
-STATE_FILE = catalog.REPO_ROOT / ".jaxgpt" / "hints.json"
+STATE_FILE = task_list.REPO_ROOT / ".jaxgpt" / "hints.json"
 _HEADING = re.compile(r"^## Hint \d+\s*$", re.MULTILINE)
 _shown_in_kernel: dict[int, int] = {}
 
 
-def ladder(task: catalog.Task) -> list[str]:
+def ladder(task: task_list.Task) -> list[str]:
     if not task.hints_file.exists():
         return []
     parts = _HEADING.split(task.hints_file.read_text())
     return [p.strip() for p in parts[1:] if p.strip()]
 
 
-def reveal(task: catalog.Task, shown: int) -> tuple[str, int]:
+def reveal(task: task_list.Task, shown: int) -> tuple[str, int]:
     """The text that reveals hint number `shown + 1` (or says there are no more) and the new count."""
     hints = ladder(task)
     if not hints:
@@ -42,7 +42,7 @@ def _load_state(path: Path) -> dict[str, int]:
 
 
 def next_hint_cli(number: int, state_file: Path = STATE_FILE) -> str:
-    task = catalog.get_task(number)
+    task = task_list.get_task(number)
     state = _load_state(state_file)
     text, shown = reveal(task, state.get(str(task.number), 0))
     state[str(task.number)] = shown
@@ -53,6 +53,6 @@ def next_hint_cli(number: int, state_file: Path = STATE_FILE) -> str:
 
 def hint(number: int) -> None:
     """The notebook's hint cell: prints the next hint of task `number`."""
-    task = catalog.get_task(number)
+    task = task_list.get_task(number)
     text, _shown_in_kernel[task.number] = reveal(task, _shown_in_kernel.get(task.number, 0))
     print(text)

@@ -25,8 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxgpt import catalog, contract, outcomes
-from jaxgpt.configs import Config, ConfigError, TrainConfig
+from jaxgpt.grader import task_list, outcomes
+from jaxgpt import contract
+from jaxgpt.training.configs import Config, ConfigError, TrainConfig
 
 MODEL_TASKS = (1, 6)  # the tasks whose MiniGPT can be trained
 
@@ -79,12 +80,12 @@ class History:
 
 def model_class(impl: Any = "reference", task: int = 1):
     """The MiniGPT class of task `task` (1 or 6) from implementation `impl` (see implementation.resolve)."""
-    from jaxgpt import implementation
+    from jaxgpt.grader import implementation
 
     if int(task) not in MODEL_TASKS:
         raise TrainingError(f"Only tasks 1 and 6 define a MiniGPT to train; got task {task}.")
     try:
-        return implementation.resolve(impl).get(catalog.get_task(task), "MiniGPT")
+        return implementation.resolve(impl).get(task_list.get_task(task), "MiniGPT")
     except (implementation.LoadError, implementation.MissingName) as err:
         raise TrainingError(str(err)) from None
 
@@ -105,7 +106,7 @@ def build_model(model_cls, config: Config):
 
 def explain_model_error(err: BaseException, task: int, name: str = "MiniGPT") -> str:
     """A sentence for an exception raised inside a learner's model (a stub, a bug), for the command line."""
-    verdict = outcomes.classify(err, catalog.get_task(task))
+    verdict = outcomes.classify(err, task_list.get_task(task))
     if verdict.status == outcomes.NOT_STARTED:
         return f"task {task} is not finished: `{name}` still raises NotImplementedError."
     if verdict.status == outcomes.BLOCKED:
@@ -122,7 +123,7 @@ def init_params(model, config: Config, key, task: int = 1):
     import jax
     import jax.numpy as jnp
 
-    from jaxgpt.checkpoint import expected_param_shapes, tree_mismatch
+    from jaxgpt.training.checkpoint import expected_param_shapes, tree_mismatch
 
     dummy = jnp.zeros((1, config.model.block_size), jnp.int32)
     try:
@@ -322,7 +323,7 @@ def prepare(config: Config, *, impl: Any = "reference", task: int = 1, text: str
 
 def save(run: Run, out_dir: str | os.PathLike) -> None:
     """A checkpoint of `run` at its current step, and history.json beside it."""
-    from jaxgpt import checkpoint
+    from jaxgpt.training import checkpoint
 
     out = Path(out_dir)
     history = run.history

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxgpt import contract
-from jaxgpt.configs import Config, ConfigError, ModelConfig
+from jaxgpt.training.configs import Config, ConfigError, ModelConfig
 
 FORMAT = "jaxgpt-checkpoint"
 FORMAT_VERSION = 1

@@ -1,8 +1,8 @@
 """Running one task's suite against one implementation and saying the verdict in words.
 
 `run_suite` runs the suite in this process: the mistake catalogue, the self-tests and the grading worker
-(jaxgpt/worker.py) call it. What a learner runs (`jaxgpt check`, `jaxgpt progress`, `jaxgpt watch` and the
-notebook's `check(N)`) goes through `jaxgpt.worker.Grader`, which runs the same `run_suite` in a spawned
+(jaxgpt/grader/worker.py) call it. What a learner runs (`jaxgpt check`, `jaxgpt progress`, `jaxgpt watch` and the
+notebook's `check(N)`) goes through `jaxgpt.grader.worker.Grader`, which runs the same `run_suite` in a spawned
 worker process that can be stopped, so what a learner sees is what the project tests.
 
 Around every check `run_suite` also:
@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from jaxgpt import catalog, implementation, outcomes
-from jaxgpt.outcomes import Status
+from jaxgpt.grader import task_list, implementation, outcomes
+from jaxgpt.grader.outcomes import Status
 
 _hookwrapper = pluggy.HookimplMarker("pytest")(hookwrapper=True)  # pytest.hookimpl, without importing pytest
 
@@ -52,7 +52,7 @@ class CheckResult:
 
 @dataclasses.dataclass
 class Verdict:
-    task: catalog.Task
+    task: task_list.Task
     checks: list[CheckResult]
     seconds: float = 0.0
     load_error: str | None = None  # said once, at the top; the checks it kept from running are skipped
@@ -175,7 +175,7 @@ def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-def stopped_verdict(task: catalog.Task, checks: list[CheckResult], seconds: float = 0.0) -> Verdict:
+def stopped_verdict(task: task_list.Task, checks: list[CheckResult], seconds: float = 0.0) -> Verdict:
     """A verdict for a run stopped by Ctrl-C / Stop: the checks that finished, and the rest not run."""
     return Verdict(task, list(checks), seconds, stopped=True)
 
@@ -194,7 +194,7 @@ class _Collector:
 
     jaxgpt_injects_implementation = True
 
-    def __init__(self, impl: implementation.Implementation, task: catalog.Task, listener: Listener | None):
+    def __init__(self, impl: implementation.Implementation, task: task_list.Task, listener: Listener | None):
         self.implementation = impl
         self.task = task
         self.listener = listener
@@ -332,13 +332,13 @@ def _restore_jax_configuration(before: dict[str, Any]) -> dict[str, tuple[Any, A
     return changed
 
 
-def run_suite(task: int | catalog.Task, impl: Any = "tasks", timeout_s: float = DEFAULT_TIMEOUT_S,
+def run_suite(task: int | task_list.Task, impl: Any = "tasks", timeout_s: float = DEFAULT_TIMEOUT_S,
               keyword: str | None = None, listener: Listener | None = None) -> Verdict:
     """Runs task `task`'s checks against `impl` (see `implementation.resolve`) in this process and returns the
     verdict. `listener(kind, payload)`, if given, hears of each check as it starts and ends."""
     import pytest
 
-    task = task if isinstance(task, catalog.Task) else catalog.get_task(task)
+    task = task if isinstance(task, task_list.Task) else task_list.get_task(task)
     impl = implementation.resolve(impl)
     collector = _Collector(impl, task, listener)
     if not task.test_file.exists():
@@ -348,8 +348,8 @@ def run_suite(task: int | catalog.Task, impl: Any = "tasks", timeout_s: float = 
     # --tb=native: pytest's own long tracebacks of chained JAX errors cost seconds, and the learner never sees
     # them (outcomes.classify writes the sentence). --capture=sys keeps each check's printed output apart.
     args = [str(task.test_file), "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:faulthandler",
-            "--capture=sys", "--tb=native", "-o", f"timeout={timeout_s:g}", f"--rootdir={catalog.REPO_ROOT}",
-            "-c", str(catalog.REPO_ROOT / "pyproject.toml"), "-W", "ignore::DeprecationWarning",
+            "--capture=sys", "--tb=native", "-o", f"timeout={timeout_s:g}", f"--rootdir={task_list.REPO_ROOT}",
+            "-c", str(task_list.REPO_ROOT / "pyproject.toml"), "-W", "ignore::DeprecationWarning",
             "-m", ""]  # every check of the task, whatever the project's own default selection (addopts' -m)
     if keyword:
         args += ["-k", keyword]
@@ -368,7 +368,7 @@ def run_suite(task: int | catalog.Task, impl: Any = "tasks", timeout_s: float = 
     return verdict
 
 
-def finish_verdict(task: catalog.Task, collected: list[tuple[str, str]], results: list[CheckResult],
+def finish_verdict(task: task_list.Task, collected: list[tuple[str, str]], results: list[CheckResult],
                    seconds: float, stopped: bool = False, not_run_reason: str | None = None) -> Verdict:
     """The verdict from the checks that ran: the collected ones that did not are "not run" (for
     `not_run_reason`), and a load error shared by the checks is said once."""
@@ -393,56 +393,9 @@ def finish_verdict(task: catalog.Task, collected: list[tuple[str, str]], results
 
 
 @contextlib.contextmanager
-def _fresh_test_module(task: catalog.Task):
+def _fresh_test_module(task: task_list.Task):
     # pytest caches imported test modules in sys.modules; a second run in the same process (the notebook,
     # the catalogue self-test, the worker) must see this run's implementation, so the module is imported afresh.
     for name in [m for m in sys.modules if m.endswith(f"test_{task.stem}") or m == "conftest"]:
         sys.modules.pop(name, None)
     yield
-
-
-# ----------------------------------------------------------------------------------------------------
-# The notebook's check cell
-
-
-def check(task: int, namespace: Mapping[str, Any] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
-          ) -> "_Quiet":
-    """The notebook's check cell: grades the names defined in the notebook and prints the verdict.
-
-    The checks run in a separate worker process (started on the first check, then kept warm), so an endless
-    loop is stopped after `timeout_s` seconds and the notebook's Stop button stops the check; the notebook's
-    definitions are sent to it by value. Stopping a check prints "stopped" and stops the cell."""
-    from jaxgpt import worker
-
-    if namespace is None:
-        namespace = sys._getframe(1).f_globals
-    impl = implementation.NamespaceImplementation(namespace)
-    verdict = worker.default_grader().grade(task, impl, timeout_s=timeout_s, progress=worker.Progress.notebook())
-    print(verdict.text())
-    if verdict.stopped:
-        raise KeyboardInterrupt("the check was stopped")
-    return _Quiet(verdict)
-
-
-def warm_up() -> None:
-    """Starts the notebook's grading worker now, in the background, so that the first `check(N)` does not wait
-    for it to load JAX (for the notebook's set-up cell)."""
-    from jaxgpt import worker
-
-    worker.default_grader().start()
-
-
-class _Quiet:
-    """What `check` returns: the verdict, without printing it a second time as the cell's value."""
-
-    def __init__(self, verdict: Verdict):
-        self.verdict = verdict
-
-    def __repr__(self) -> str:
-        return ""
-
-    def _repr_pretty_(self, printer, cycle):
-        pass
-
-    def __getattr__(self, name):
-        return getattr(self.verdict, name)

@@ -3,11 +3,11 @@
 Why a separate process: a learner's compiled endless loop (a `lax.while_loop` whose counter never moves)
 never returns to Python, so no in-process time limit or Ctrl-C can stop it; a process can always be killed.
 Why spawned and not forked: `os.fork()` after JAX has started deadlocks the child's next compilation (JAX is
-multithreaded), so the worker is a fresh `python -m jaxgpt.worker`.
+multithreaded), so the worker is a fresh `python -m jaxgpt.grader.worker`.
 
 The parent side (`Grader`) never imports JAX, so `jaxgpt check` starts in the time the worker takes to load
 it. It sends one request per task (the task, where the code is, the time limit); the worker runs
-`grading.run_suite` there and answers with one message per check as it starts and ends, then the verdict.
+`runner.run_suite` there and answers with one message per check as it starts and ends, then the verdict.
 The parent shows a line for the running check, so a long wait is never silent, and:
   - kills the worker when a check runs past its limit (plus a few seconds' grace: the worker's own pytest
     time limit stops Python loops without a kill); that check says it did not finish, the ones after it are
@@ -46,8 +46,8 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-from jaxgpt import catalog, grading, implementation, outcomes
-from jaxgpt.outcomes import Status
+from jaxgpt.grader import task_list, runner, implementation, outcomes
+from jaxgpt.grader.outcomes import Status
 
 KILL_GRACE_S = 5.0  # past a check's own limit before the parent kills the worker (compiled loops)
 STARTUP_LIMIT_S = 300.0  # importing JAX on a slow, busy machine
@@ -217,7 +217,7 @@ class Grader:
             options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
         try:
             self._process = subprocess.Popen(
-                [self.python, "-m", "jaxgpt.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [self.python, "-m", "jaxgpt.grader.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=self._log, env=env, cwd=os.getcwd(), **options)
         except OSError as err:
             self._process = None
@@ -318,11 +318,11 @@ class Grader:
 
     # -- grading
 
-    def grade(self, task: int | catalog.Task, impl: Any = "tasks", timeout_s: float = grading.DEFAULT_TIMEOUT_S,
-              keyword: str | None = None, progress: Progress | None = None) -> grading.Verdict:
+    def grade(self, task: int | task_list.Task, impl: Any = "tasks", timeout_s: float = runner.DEFAULT_TIMEOUT_S,
+              keyword: str | None = None, progress: Progress | None = None) -> runner.Verdict:
         """Task `task`'s verdict for `impl`, graded in the worker. Never raises for the learner's code; a Ctrl-C
         while it runs gives a verdict with `stopped` set (its status is "stopped", never "passed")."""
-        task = task if isinstance(task, catalog.Task) else catalog.get_task(task)
+        task = task if isinstance(task, task_list.Task) else task_list.get_task(task)
         impl = implementation.resolve(impl)
         progress = progress or Progress.quiet()
         with self._lock:
@@ -343,11 +343,11 @@ class Grader:
                                    f"{err}; graded in this process instead, where an endless loop cannot be "
                                    "stopped")
 
-    def _grade(self, task: catalog.Task, request: dict, timeout_s: float, progress: Progress,
-               note: str | None) -> grading.Verdict:
+    def _grade(self, task: task_list.Task, request: dict, timeout_s: float, progress: Progress,
+               note: str | None) -> runner.Verdict:
         started = time.monotonic()
         collected: list[tuple[str, str]] = []
-        results: list[grading.CheckResult] = []
+        results: list[runner.CheckResult] = []
         current: tuple[str, str] | None = None
         try:
             self.start()
@@ -397,7 +397,7 @@ class Grader:
                     progress.finished()
                 elif kind == "verdict":
                     progress.finished()
-                    verdict: grading.Verdict = payload
+                    verdict: runner.Verdict = payload
                     if note:
                         verdict.notes.append(note)
                     return verdict
@@ -410,17 +410,17 @@ class Grader:
             if self.keep_warm:
                 self._restart_quietly()
             if current is not None:
-                results.append(grading.CheckResult(current[1], Status.STOPPED, nodeid=current[0]))
-            return grading.finish_verdict(task, collected, results, time.monotonic() - started, stopped=True)
+                results.append(runner.CheckResult(current[1], Status.STOPPED, nodeid=current[0]))
+            return runner.finish_verdict(task, collected, results, time.monotonic() - started, stopped=True)
 
     def _after_kill(self, task, collected, results, current, started, status, message, progress):
         progress.finished()
         self.kill()
         nodeid, name = current
-        results = results + [grading.CheckResult(name, status, message, nodeid=nodeid)]
-        verdict = grading.finish_verdict(task, collected, results, time.monotonic() - started,
-                                         not_run_reason=grading.NOT_RUN_AFTER_TIMEOUT
-                                         if status == Status.TIMED_OUT else grading.NOT_RUN_AFTER_CRASH)
+        results = results + [runner.CheckResult(name, status, message, nodeid=nodeid)]
+        verdict = runner.finish_verdict(task, collected, results, time.monotonic() - started,
+                                         not_run_reason=runner.NOT_RUN_AFTER_TIMEOUT
+                                         if status == Status.TIMED_OUT else runner.NOT_RUN_AFTER_CRASH)
         if self.keep_warm:
             self._restart_quietly()
         return verdict
@@ -461,7 +461,7 @@ class _NotPicklable(Exception):
     pass
 
 
-def _names_to_send(task: catalog.Task) -> list[str]:
+def _names_to_send(task: task_list.Task) -> list[str]:
     """The task's names and those of every task it builds on, directly or not."""
     names, todo, seen = [], [task], set()
     while todo:
@@ -470,11 +470,11 @@ def _names_to_send(task: catalog.Task) -> list[str]:
             continue
         seen.add(current.number)
         names += [n for n in current.names if n not in names]
-        todo += [catalog.get_task(n) for n in current.builds_on]
+        todo += [task_list.get_task(n) for n in current.builds_on]
     return names
 
 
-def _request(task: catalog.Task, impl: implementation.Implementation, timeout_s: float,
+def _request(task: task_list.Task, impl: implementation.Implementation, timeout_s: float,
              keyword: str | None) -> tuple[dict, str | None]:
     request = {"op": "grade", "task": task.number, "timeout_s": timeout_s, "keyword": keyword,
                "sys_path": list(sys.path), "cwd": os.getcwd()}
@@ -516,7 +516,7 @@ def _dumps(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _pickle_namespace(namespace, task: catalog.Task) -> bytes:
+def _pickle_namespace(namespace, task: task_list.Task) -> bytes:
     chosen = {name: namespace[name] for name in _names_to_send(task) if name in namespace}
     try:
         return _dumps(chosen)
@@ -545,9 +545,9 @@ def _cell_sources() -> dict[str, tuple]:
     return cells
 
 
-def _in_process(task: catalog.Task, impl: implementation.Implementation, timeout_s: float, keyword: str | None,
-                note: str) -> grading.Verdict:
-    verdict = grading.run_suite(task, impl, timeout_s, keyword)
+def _in_process(task: task_list.Task, impl: implementation.Implementation, timeout_s: float, keyword: str | None,
+                note: str) -> runner.Verdict:
+    verdict = runner.run_suite(task, impl, timeout_s, keyword)
     verdict.notes.append(note)
     return verdict
 
@@ -587,7 +587,7 @@ def serve() -> int:
     import numpy  # noqa: F401
     import pytest  # noqa: F401
 
-    import jaxgpt.pytest_plugin  # noqa: F401
+    import jaxgpt.grader.pytest_plugin  # noqa: F401
     jax.devices()  # start the backend now, so that its start-up messages are not a check's output
     send(answers, ("ready", {"pid": os.getpid(), "seconds": time.perf_counter() - started}))
 
@@ -621,11 +621,11 @@ def _serve_one(request: dict, answers: BinaryIO) -> None:
         send(answers, (kind, payload))
 
     try:
-        verdict = grading.run_suite(request["task"], impl, request["timeout_s"], request.get("keyword"),
+        verdict = runner.run_suite(request["task"], impl, request["timeout_s"], request.get("keyword"),
                                     listener=listener)
     except Exception as err:  # the runner itself failed: say so as the verdict's one check
-        task = catalog.get_task(request["task"])
-        verdict = grading.Verdict(task, [grading.CheckResult(
+        task = task_list.get_task(request["task"])
+        verdict = runner.Verdict(task, [runner.CheckResult(
             "the task's checks run", Status.ERROR,
             f"the checks could not run: {type(err).__name__}: {str(err)[:500]}")])
     send(answers, ("verdict", verdict))

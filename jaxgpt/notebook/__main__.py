@@ -1,0 +1,5 @@
+import sys
+
+from jaxgpt.notebook.build import main
+
+sys.exit(main())
