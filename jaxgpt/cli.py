@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true",
                    help="run the checks in this process, not in a worker (for debugging the checks themselves: "
                         "an endless loop then cannot be stopped)")
+    p.add_argument("--no-background", action="store_true",
+                   help="grade in a worker of this command's own, not in the background grader that the first "
+                        "check starts and later checks share (it exits after 20 idle minutes)")
+    p.add_argument("--stop-background", action="store_true",
+                   help="end the background grader now (and check nothing when no task is given: `0`)")
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("watch", help="check a task each time its file is saved (Ctrl-C to stop)")
@@ -205,9 +210,28 @@ def cmd_progress(args) -> int:
     return EXIT_OK
 
 
+def _grade_in_background(args, task, impl, limit: float):
+    """The verdict from the background grader (jaxgpt/grader/server.py), or None where it cannot serve."""
+    from jaxgpt.grader import server, worker
+
+    if args.no_background or not server.usable():
+        return None
+    try:
+        return server.BackgroundGrader().grade(task, impl, timeout_s=limit, progress=worker.Progress.terminal())
+    except server.Unavailable:
+        return None
+
+
 def cmd_check(args) -> int:
     from jaxgpt.grader import worker
 
+    if args.stop_background:
+        from jaxgpt.grader import server
+
+        stopped = server.stop_all()
+        print(f"Ended {stopped} background grader{'s' if stopped != 1 else ''}.")
+        if args.task == "0":
+            return EXIT_OK
     task = _task(args.task)
     limit = _time_limit(args)
     _require_checks(task)
@@ -217,8 +241,10 @@ def cmd_check(args) -> int:
 
         verdict = run_suite(task, impl, timeout_s=limit)
     else:
-        with worker.Grader() as grader:
-            verdict = grader.grade(task, impl, timeout_s=limit, progress=worker.Progress.terminal())
+        verdict = _grade_in_background(args, task, impl, limit)
+        if verdict is None:
+            with worker.Grader() as grader:
+                verdict = grader.grade(task, impl, timeout_s=limit, progress=worker.Progress.terminal())
     print(verdict.text(verbose=args.verbose), flush=True)
     if verdict.stopped:
         return EXIT_INTERRUPTED
