@@ -3,10 +3,10 @@
     .venv/bin/python bench/check_latency.py [--tasks 1-8] [--repeats 3] [--skip notebook,watch] [--out PATH]
 
 For each task it measures, in wall-clock seconds as the learner waits:
-  cold      `jaxgpt check N --impl reference` in a fresh process whose compilation cache is empty
-            (JAXGPT_XLA_CACHE points at a fresh temporary directory): the first check on a new machine;
-  warm      the same command in a fresh process once that cache holds the task's programs: every later
-            check from the terminal;
+  cold      `jaxgpt check N --impl reference` with no background grader running and an empty compilation
+            cache (JAXGPT_XLA_CACHE points at a fresh temporary directory): the first check on a new machine;
+  warm      the same command again: the background grader that the cold check started answers it (every
+            later check from the terminal);
   notebook  `check(N)` in a real Jupyter kernel that has run the notebook's set-up cell and its stub cells
             filled in with the reference solutions: the first call in a kernel whose cache is empty, the
             first call in a kernel whose cache was filled by an earlier kernel, and a call again in the
@@ -133,12 +133,15 @@ def terminal(tasks, repeats, skip, tmp: Path, result) -> None:
         row = result["tasks"][str(n)]
         caches = []
         cold_runs = []
-        for r in range(repeats if "cold" not in skip else 1):
+        cold_repeats = repeats if "cold" not in skip else 1
+        for r in range(cold_repeats):
             cache = tmp / f"cold-{n}-{r}"
-            seconds, rc, said = _timed(command + ["check", str(n), "--impl", "reference"], _env(cache))
+            seconds, rc, said = _timed(command + ["check", str(n), "--impl", "reference"], _env(cache, tmp))
             cold_runs.append(seconds)
             caches.append(cache)
             _verdict(row, "cold", rc, said)
+            if r < cold_repeats - 1 or "warm" in skip:
+                _stop_background(command, tmp)
         if "cold" not in skip:
             row["cold_runs_s"] = [round(s, 2) for s in cold_runs]
             row["cold_s"] = _median(cold_runs)
@@ -146,9 +149,10 @@ def terminal(tasks, repeats, skip, tmp: Path, result) -> None:
         if "warm" not in skip:
             warm_runs = []
             for r in range(repeats):
-                seconds, rc, said = _timed(command + ["check", str(n), "--impl", "reference"], _env(caches[-1]))
+                seconds, rc, said = _timed(command + ["check", str(n), "--impl", "reference"], _env(caches[-1], tmp))
                 warm_runs.append(seconds)
                 _verdict(row, "warm", rc, said)
+            _stop_background(command, tmp)
             row["warm_runs_s"] = [round(s, 2) for s in warm_runs]
             row["warm_s"] = _median(warm_runs)
             print(f"task {n} warm: {row['warm_s']:.1f} s {row['warm_runs_s']}", flush=True)
@@ -159,8 +163,17 @@ def _jaxgpt() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "jaxgpt.cli"]
 
 
-def _env(cache: Path | None, **extra) -> dict:
+def _stop_background(command, tmp: Path) -> None:
+    """Ends the background graders this benchmark started, so that none of them warms a task meanwhile."""
+    subprocess.run(command + ["check", "0", "--stop-background"], env=_env(None, tmp), cwd=REPO_ROOT,
+                   capture_output=True, timeout=60)
+
+
+def _env(cache: Path | None, tmp: Path | None = None, **extra) -> dict:
     env = os.environ.copy()
+    if tmp is not None:  # the background graders of this benchmark, apart from the learner's own
+        env["JAXGPT_BACKGROUND_DIR"] = str(tmp / "background")
+        env["JAXGPT_BACKGROUND"] = "on"
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         env["JAXGPT_XLA_CACHE"] = str(cache)

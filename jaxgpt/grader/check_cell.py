@@ -9,8 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Mapping
 
-from jaxgpt.grader import implementation, worker
+from jaxgpt.grader import implementation, task_list, worker
 from jaxgpt.grader.runner import DEFAULT_TIMEOUT_S, Verdict
+
+WARM_AFTER_S = 3.0  # after a passed check, a learner reads the next lesson
 
 
 def check(task: int, namespace: Mapping[str, Any] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
@@ -27,13 +29,18 @@ def check(task: int, namespace: Mapping[str, Any] | None = None, timeout_s: floa
     print(verdict.text())
     if verdict.stopped:
         raise KeyboardInterrupt("the check was stopped")
+    following = [t for t in task_list.TASKS if t.number > verdict.task.number]
+    if verdict.passed and following:  # the learner moves on: the next task's first check will be quick
+        worker.default_grader().warm(following[0], after_s=WARM_AFTER_S)
     return _Quiet(verdict)
 
 
 def warm_up() -> None:
     """Starts the notebook's grading worker now, in the background, so that the first `check(N)` does not wait
     for it to load JAX (for the notebook's set-up cell)."""
-    worker.default_grader().start()
+    grader = worker.default_grader()
+    grader.start()
+    grader.warm(task_list.TASKS[0])
 
 
 class _Quiet:

@@ -316,6 +316,29 @@ class Grader:
                 progress.clear()
                 return
 
+    def warm(self, task: int | task_list.Task, after_s: float = 0.0) -> None:
+        """Has the worker grade the reference on `task` once, unseen, if no check starts in the next `after_s`
+        seconds: the learner's first check of that task then finds the suite's imports, the reference's
+        compiled programs and JAX's per-shape caches ready. A check asked for meanwhile waits for it."""
+        task = task if isinstance(task, task_list.Task) else task_list.get_task(task)
+        if not task.test_file.exists():
+            return
+
+        def send_when_idle() -> None:
+            time.sleep(after_s)
+            if not self._lock.acquire(blocking=False):
+                return  # a check is running: it warms what it needs itself
+            try:
+                if self._process is not None and self._process.poll() is None:
+                    send(self._process.stdin, {"op": "warm", "task": task.number, "sys_path": list(sys.path),
+                                               "cwd": os.getcwd()})
+            except (OSError, ValueError):
+                pass
+            finally:
+                self._lock.release()
+
+        threading.Thread(target=send_when_idle, daemon=True, name="jaxgpt-grader-warm").start()
+
     # -- grading
 
     def grade(self, task: int | task_list.Task, impl: Any = "tasks", timeout_s: float = runner.DEFAULT_TIMEOUT_S,
@@ -601,6 +624,9 @@ def serve() -> int:
             return 0
         if request.get("op") == "grade":
             _serve_one(request, answers)
+        elif request.get("op") == "warm":
+            _warm_one(request)
+            send(answers, ("warmed", request["task"]))
 
 
 def _serve_one(request: dict, answers: BinaryIO) -> None:
@@ -629,6 +655,18 @@ def _serve_one(request: dict, answers: BinaryIO) -> None:
             "the task's checks run", Status.ERROR,
             f"the checks could not run: {type(err).__name__}: {str(err)[:500]}")])
     send(answers, ("verdict", verdict))
+
+
+def _warm_one(request: dict) -> None:
+    for entry in request.get("sys_path", []):
+        if entry not in sys.path:
+            sys.path.append(entry)
+    if request.get("cwd") and os.path.isdir(request["cwd"]):
+        os.chdir(request["cwd"])
+    try:
+        runner.run_suite(request["task"], "reference", runner.DEFAULT_TIMEOUT_S)
+    except Exception:  # a warm-up is a courtesy: the learner's own check reports whatever is wrong
+        pass
 
 
 def _implementation(spec: tuple) -> implementation.Implementation:
