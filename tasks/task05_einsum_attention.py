@@ -29,7 +29,8 @@ class EinsumMultiHeadAttention(nn.Module):
         B, T, C = x.shape
         H, D = self.num_heads, C // self.num_heads
         # 1. q, k, v: nn.DenseGeneral((H, D), axis=-1, name="query") and so on   # (B, T, H, D) each
-        # 2. every head's scores q . k with one jnp.einsum, times D ** -0.5        # (B, H, T, S)
+        # 2. every head's scores q . k with one jnp.einsum, times D ** -0.5        # (B, H, T, S), S = T:
+        #    t indexes the querying position, s the position it looks at
         # 3. causal mask (jnp.tril over t and s, the same for every head), softmax over s, dropout
         # 4. every head's weighted sum of the values with one jnp.einsum          # (B, T, H, D)
         # 5. out: nn.DenseGeneral(C, axis=(-2, -1), name="out") merges the heads  # (B, T, C)

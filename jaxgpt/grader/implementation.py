@@ -112,7 +112,7 @@ class PackageImplementation(Implementation):
         except SyntaxError as err:
             sys.modules.pop(module_name, None)
             raise LoadError(
-                f"{_display(Path(err.filename or path))}, line {err.lineno}, has a syntax error: {err.msg}."
+                f"{_display(Path(err.filename or path))}, line {err.lineno}, has a syntax error: {_sentence(err.msg)}"
             ) from None
         except Exception as err:  # the learner's module raised while being imported
             sys.modules.pop(module_name, None)
@@ -141,7 +141,7 @@ class FileImplementation(Implementation):
             try:
                 spec.loader.exec_module(module)
             except SyntaxError as err:
-                raise LoadError(f"{self.label}, line {err.lineno}, has a syntax error: {err.msg}.") from None
+                raise LoadError(f"{self.label}, line {err.lineno}, has a syntax error: {_sentence(err.msg)}") from None
             except Exception as err:
                 raise LoadError(
                     f"Importing {self.label} raised {type(err).__name__}: {err}{_line_in(err, self.path)}."
@@ -206,3 +206,9 @@ def resolve(spec: str | Path | Mapping[str, Any] | Implementation) -> Implementa
     raise LoadError(
         f"--impl={text!r} is neither `tasks`, `reference`, a directory laid out like reference/ nor a .py file."
     )
+
+
+def _sentence(message: str) -> str:
+    """Python's own words, ended once: "Perhaps you forgot a comma?" keeps its question mark."""
+    message = message.strip()
+    return message if message.endswith((".", "?", "!")) else message + "."

@@ -111,8 +111,9 @@ def pytest_runtest_makereport(item, call):
     report.jaxgpt_message = verdict.message
     if verdict.status in (outcomes.FAILED, outcomes.ERROR, outcomes.NOT_STARTED, outcomes.BLOCKED,
                           outcomes.MISSING, outcomes.TIMED_OUT) and report.longrepr is not None:
-        # Plain pytest shows our sentence first, then its own traceback for those who want it.
-        report.sections.insert(0, ("jaxgpt verdict", f"[{verdict.status}] {verdict.message}"))
+        # Plain pytest shows our sentence first, then its own traceback for those who want it (a report's
+        # sections would come after the traceback).
+        report.longrepr = f"[{verdict.status}] {verdict.message}\n\n{report.longrepr}"
 
 
 def _timeout_of(item) -> float | None:
