@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hint", help="reveal the next hint for a task")
     p.add_argument("task", help="the task number")
+    p.add_argument("rung", nargs="?", type=int, default=None,
+                   help="show this hint of the ladder (a failing check's verdict names the one that fits)")
     p.set_defaults(run=cmd_hint)
 
     p = sub.add_parser("train", help="train a MiniGPT configuration with a progress bar and checkpoints")
@@ -333,7 +335,7 @@ def cmd_hint(args) -> int:
     from jaxgpt.grader import hints
 
     task = _task(args.task)
-    print(hints.next_hint_cli(task.number, hints.STATE_FILE))
+    print(hints.next_hint_cli(task.number, hints.STATE_FILE, rung=args.rung))
     return EXIT_OK
 
 

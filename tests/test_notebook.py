@@ -4,7 +4,10 @@
 - with the reference solutions in the stub cells, every check cell says "all N checks pass", the
   milestone trains, and the finale trains, plots and samples;
 - with the stubs as a learner first sees them, nothing raises: every check says "not started" and the
-  milestone and finale say which tasks to finish first.
+  milestone and finale say which tasks to finish first;
+- the set-up cell, run as Colab runs it (an IPython shell with google.colab imported), on a clone it makes
+  from a local repository: a failed clone or install ends in one sentence and no traceback, `check` and
+  `hint` repeat it, and running the cell again repairs a half-done clone or install.
 
 The execution tests run with JAXGPT_SMOKE=1 (training cells take a handful of steps) on a small corpus
 written here (JAXGPT_DATA), so they need neither the network nor tiny Shakespeare. The milestone cell is
@@ -15,9 +18,12 @@ runs them, and so does CI.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import string
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -159,6 +165,218 @@ def test_check_command_reports_a_stale_notebook(monkeypatch, tmp_path, capsys):
     assert "challenge.ipynb is stale: run `python -m jaxgpt.notebook`" in capsys.readouterr().out
     stale.write_text(notebook.to_text(notebook.build()), encoding="utf-8")
     assert notebook.main(["--check"]) == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The set-up cell, as Colab runs it
+
+# Runs one cell in IPython's own shell, as a notebook kernel does (magics, and the `_render_traceback_` that
+# replaces a traceback), with google.colab imported as in Colab; then `check(2)` and `hint(3)` as later cells.
+_IPYTHON_HARNESS = """
+import sys, types
+from IPython.core.interactiveshell import InteractiveShell
+if sys.argv[2] == "colab":
+    sys.modules["google.colab"] = types.ModuleType("google.colab")
+if sys.argv[3] == "no-jaxgpt":
+    sys.modules["jaxgpt"] = None  # this Python cannot import the challenge
+if sys.argv[4] != "-":
+    sys.path.insert(0, sys.argv[4])
+    import fakelib  # a package the session has loaded before the set-up cell (as Colab's kernel has numpy)
+shell = InteractiveShell.instance()
+shell.register_magic_function(lambda line: None, magic_name="matplotlib")  # no display to draw on here
+result = shell.run_cell(open(sys.argv[1]).read())
+print("@@ error:", type(result.error_in_exec).__name__ if result.error_in_exec else None)
+shell.run_cell("check(2)")
+shell.run_cell("hint(3)")
+"""
+
+# Stands in for `python -m pip install -q -e DIR`: logs each call; fails as pip does when FAKE_PIP_FAILS is set.
+_FAKE_PIP = """
+import os, sys
+with open(os.environ["FAKE_PIP_LOG"], "a") as log:
+    log.write("install " + sys.argv[-1] + "\\n")
+if os.environ.get("FAKE_PIP_FAILS"):
+    print("ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device", file=sys.stderr)
+    sys.exit(1)
+if os.environ.get("FAKE_PIP_UPGRADES"):  # what a new jax does to numpy: installs a newer one over it
+    site = os.environ["FAKE_PIP_UPGRADES"]
+    os.rename(os.path.join(site, "fakelib-1.0.dist-info"), os.path.join(site, "fakelib-2.0.dist-info"))
+    with open(os.path.join(site, "fakelib-2.0.dist-info", "METADATA"), "w") as metadata:
+        metadata.write("Metadata-Version: 2.1\\nName: fakelib\\nVersion: 2.0\\n")
+"""
+
+# The challenge's package as the clone holds it, cut down to what the set-up cell uses.
+_FAKE_PACKAGE = {
+    "pyproject.toml": '[project]\nname = "jaxgpt-challenge"\nversion = "0.1.0"\n',
+    "jaxgpt/__init__.py": "def check(task):\n    print(f'the clone graded task {task}')\n\n\n"
+                          "def hint(task):\n    print(f'the clone hinted task {task}')\n",
+    "jaxgpt/grader/__init__.py": "",
+    "jaxgpt/grader/check_cell.py": "def warm_up():\n    print('the clone warmed up')\n",
+}
+
+
+def _origin_repository(tmp_path):
+    origin = tmp_path / "origin"
+    for relative, text in _FAKE_PACKAGE.items():
+        (origin / relative).parent.mkdir(parents=True, exist_ok=True)
+        (origin / relative).write_text(text)
+    git = ["git", "-C", str(origin), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "the challenge"]):
+        subprocess.run(git + command, check=True, capture_output=True)
+    return origin
+
+
+def _site_with_a_loaded_package(tmp_path):
+    """A site-packages folder holding `fakelib` 1.0, which the harness imports before the set-up cell."""
+    site = tmp_path / "site-packages"
+    (site / "fakelib-1.0.dist-info").mkdir(parents=True)
+    (site / "fakelib-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fakelib\nVersion: 1.0\n")
+    (site / "fakelib.py").write_text('__version__ = "1.0"\n')
+    return site
+
+
+def _run_setup_cell(tmp_path, repo_url, challenge_dir, *, colab=True, pip_fails=False, importable=True,
+                    upgraded_site=None):
+    """Runs the set-up cell with its address, folder and pip command swapped for local ones."""
+    cell = notebook.setup_cell()
+    fake_pip = tmp_path / "fake_pip.py"
+    fake_pip.write_text(_FAKE_PIP)
+    swaps = {
+        f'REPO_URL = "{notebook.REPO_URL}"': f'REPO_URL = "{repo_url}"',
+        f'CHALLENGE_DIR = "{notebook.COLAB_DIR}"': f'CHALLENGE_DIR = "{challenge_dir}"',
+        '[sys.executable, "-m", "pip", "install", "-q", "-e", CHALLENGE_DIR]':
+            f'[sys.executable, {str(fake_pip)!r}, CHALLENGE_DIR]',
+    }
+    for old, new in swaps.items():
+        assert old in cell, f"the set-up cell no longer holds {old!r}"
+        cell = cell.replace(old, new)
+    cell_file = tmp_path / "setup_cell.py"
+    cell_file.write_text(cell)
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython"), "FAKE_PIP_LOG": str(tmp_path / "pip.log")}
+    env.pop("FAKE_PIP_FAILS", None)
+    env.pop("FAKE_PIP_UPGRADES", None)
+    if pip_fails:
+        env["FAKE_PIP_FAILS"] = "1"
+    if upgraded_site:
+        env["FAKE_PIP_UPGRADES"] = str(upgraded_site)
+    done = subprocess.run([sys.executable, "-c", _IPYTHON_HARNESS, str(cell_file), "colab" if colab else "local",
+                           "jaxgpt" if importable else "no-jaxgpt", str(upgraded_site or "-")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and "@@ error:" in said, said
+    error = re.search(r"^@@ error: (\w+)$", said, re.MULTILINE).group(1)
+    return (None if error == "None" else error), said
+
+
+def _pip_calls(tmp_path) -> int:
+    log = tmp_path / "pip.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_setup_cell_a_failed_clone_is_one_sentence_and_check_repeats_it(tmp_path):
+    """A clone that fails ends the set-up cell in one sentence, no traceback; check and hint repeat it"""
+    missing = f"file://{tmp_path / 'no-such-repository.git'}"
+    error, said = _run_setup_cell(tmp_path, missing, tmp_path / "content" / "jaxgpt-challenge")
+    assert error == "SetupFailed", said
+    failed = [line for line in said.splitlines() if line.startswith("Set-up failed:")]
+    assert len(failed) == 1, said
+    assert f"git could not clone {missing}" in failed[0] and "REPO_URL" in failed[0], failed[0]
+    assert failed[0].endswith("then run this cell again."), failed[0]
+    assert "Traceback" not in said and "CalledProcessError" not in said and "NameError" not in said, said
+    assert "check(2) cannot run: the set-up cell failed. Git could not clone" in said, said
+    assert "hint(3) cannot run: the set-up cell failed. Git could not clone" in said, said
+    assert _pip_calls(tmp_path) == 0
+
+
+def test_setup_cell_run_again_repairs_a_half_done_clone_and_install(tmp_path):
+    """A leftover folder is cloned again; a failed install is installed again, a finished one is not"""
+    origin = f"file://{_origin_repository(tmp_path)}"
+    challenge = tmp_path / "content" / "jaxgpt-challenge"
+    challenge.mkdir(parents=True)
+    (challenge / "README.md").write_text("an interrupted clone")
+
+    error, said = _run_setup_cell(tmp_path, origin, challenge, pip_fails=True)
+    assert error == "SetupFailed" and "Traceback" not in said, said
+    assert "Set-up failed: pip could not install the challenge (ERROR: Could not install packages" in said, said
+    assert "Run this cell again" in said and "check(2) cannot run" in said, said
+    assert (challenge / "pyproject.toml").is_file(), "the leftover folder was not replaced by a clone"
+    assert not (challenge / notebook.INSTALLED_MARKER).exists(), "a failed install was marked as done"
+
+    error, said = _run_setup_cell(tmp_path, origin, challenge)
+    assert error is None, said
+    assert _pip_calls(tmp_path) == 2, "running the cell again did not install again"
+    assert (challenge / notebook.INSTALLED_MARKER).is_file()
+    assert "the clone warmed up" in said and "the clone graded task 2" in said, said
+
+    error, said = _run_setup_cell(tmp_path, origin, challenge, pip_fails=True)
+    assert error is None and _pip_calls(tmp_path) == 2, f"a finished install ran again:\n{said}"
+    assert "the clone graded task 2" in said and "the clone hinted task 3" in said, said
+
+
+def test_setup_cell_asks_for_a_restart_when_pip_upgraded_a_loaded_package(tmp_path):
+    """An install that upgrades a package the session had loaded (jax 0.12 upgrades Colab's numpy) says to
+    restart the session; run again after the restart, the cell does not install again"""
+    origin = f"file://{_origin_repository(tmp_path)}"
+    challenge = tmp_path / "content" / "jaxgpt-challenge"
+    site = _site_with_a_loaded_package(tmp_path)
+    error, said = _run_setup_cell(tmp_path, origin, challenge, upgraded_site=site)
+    assert error == "SetupFailed" and "Traceback" not in said, said
+    assert ("Set-up failed: pip upgraded fakelib, which this session had already loaded. Choose Runtime > "
+            "Restart session, then run this cell again (it will not install again).") in said, said
+    assert (challenge / notebook.INSTALLED_MARKER).is_file() and _pip_calls(tmp_path) == 1
+
+    error, said = _run_setup_cell(tmp_path, origin, challenge)  # the restarted session
+    assert error is None and _pip_calls(tmp_path) == 1, said
+    assert "the clone graded task 2" in said, said
+
+
+def test_setup_cell_outside_colab_says_which_python_lacks_the_challenge(tmp_path):
+    """On one's own machine, a kernel whose Python lacks the challenge is told how to install it there"""
+    error, said = _run_setup_cell(tmp_path, notebook.REPO_URL, notebook.COLAB_DIR, colab=False, importable=False)
+    assert error == "SetupFailed" and "Traceback" not in said, said
+    assert "Set-up failed: this kernel's Python cannot import the challenge" in said, said
+    assert f"Install it for this Python ({sys.executable}) with `pip install -e .`" in said, said
+    assert "check(2) cannot run: the set-up cell failed." in said and _pip_calls(tmp_path) == 0, said
+
+
+def test_repository_address_is_one_constant():
+    """The README's badge and clone command name the repository the set-up cell clones (REPO_URL)"""
+    owner_and_name = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)\.git", notebook.REPO_URL).group(1)
+    readme = (task_list.REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"colab.research.google.com/github/{owner_and_name}/blob/main/challenge.ipynb" in readme
+    assert f"git clone {notebook.REPO_URL}" in readme
+    addresses = set(re.findall(r"github(?:\.com)?/([\w.-]+/[\w.-]+?)(?:\.git|/blob)", readme))
+    assert addresses == {owner_and_name}, f"the README names other repositories: {addresses}"
+
+
+# What Colab's image brings and pins itself: a `pip install -e .` that required any of these could replace it.
+COLAB_JUPYTER_STACK = {"ipykernel", "ipython", "jupyter-client", "jupyter-core", "jupyter-server", "nbclient",
+                       "nbformat", "nbconvert", "notebook", "traitlets", "tornado", "pyzmq", "ipywidgets",
+                       "widgetsnbextension", "jupyterlab", "jupyterlab-widgets", "comm"}
+
+
+def _requirement_names(requirements) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower().replace("_", "-") for r in requirements}
+
+
+def test_install_leaves_colabs_jupyter_stack_alone():
+    """`pip install -e .` requires nothing of Colab's Jupyter stack; the maintainers' tools are the dev group,
+    which `uv run` installs; what the grader needs at check time (pytest, its time limit plugin) stays"""
+    import tomllib
+
+    project = tomllib.loads((task_list.REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    runtime = _requirement_names(project["project"]["dependencies"])
+    assert not runtime & COLAB_JUPYTER_STACK, f"the install would touch Colab's {runtime & COLAB_JUPYTER_STACK}"
+    assert {"pytest", "pytest-timeout", "cloudpickle", "jax", "flax", "optax"} <= runtime
+    dev = _requirement_names(project["dependency-groups"]["dev"])
+    assert {"nbformat", "nbclient", "ipykernel"} <= dev
+
+
+def test_builder_without_nbformat_is_a_sentence(monkeypatch, capsys):
+    """`python -m jaxgpt.notebook` without nbformat (a maintainers' tool) says how to get it"""
+    monkeypatch.setitem(sys.modules, "nbformat", None)
+    assert notebook.main([]) == 2
+    assert notebook.NEEDS_NBFORMAT in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------------

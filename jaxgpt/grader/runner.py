@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from jaxgpt.grader import task_list, implementation, outcomes
+from jaxgpt.grader import task_list, implementation, outcomes, hints
 from jaxgpt.grader.outcomes import Status
 
 _hookwrapper = pluggy.HookimplMarker("pytest")(hookwrapper=True)  # pytest.hookimpl, without importing pytest
@@ -118,6 +118,7 @@ class Verdict:
         shown_output = False
         said: dict[str, CheckResult] = {}  # a message shared by several checks is written out once
         previous = None  # the last message, written or referred to
+        pointed: set[int] = set()  # the hint rungs already pointed to
         for check in self.checks:
             if quiet and not (check.output or check.notes):
                 continue
@@ -138,6 +139,10 @@ class Verdict:
                     said[check.message] = check
                     lines.extend("      " + line for line in check.message.splitlines())
                 previous = check.message
+            rung = _rung_for(check, t)
+            if rung is not None and rung not in pointed:  # each rung is pointed to once, under its first check
+                pointed.add(rung)
+                lines.append("      " + hints.pointer(t, rung))
             if check.output:
                 # What the learner printed: under the first check that printed and under every failing one
                 # (where it helps); the other checks only count their lines.
@@ -159,6 +164,17 @@ class Verdict:
 
     def _repr_pretty_(self, printer, cycle):  # IPython shows the words, not the dataclass
         printer.text(self.text())
+
+
+def _rung_for(check: CheckResult, task: task_list.Task) -> int | None:
+    """The hint rung about this check's failure (see jaxgpt/grader/hints.py), for a check that failed on
+    the learner's own code; None for one that passed, did not run or could not load."""
+    if check.status not in (Status.FAILED, Status.ERROR) or check.load_error:
+        return None
+    try:
+        return hints.rung_for(task, check.name, check.message)
+    except (OSError, UnicodeError):  # a hints file that cannot be read never costs the verdict
+        return None
 
 
 def _shortened(text: str, width: int) -> str:

@@ -33,6 +33,9 @@ from jaxgpt.grader import task_list
 # The one place that says where the challenge lives: the Colab set-up cell clones it from here.
 REPO_URL = "https://github.com/jax-gpt-challenge/jaxgpt-challenge.git"
 COLAB_DIR = "/content/jaxgpt-challenge"
+# Written into the clone once `pip install -e` has succeeded: without it, running the set-up cell again installs
+# again, so an install that failed half-way is repaired rather than skipped.
+INSTALLED_MARKER = ".jaxgpt/installed"
 
 NOTEBOOK_PATH = task_list.REPO_ROOT / "challenge.ipynb"
 INTRO = task_list.LESSONS_DIR / "intro.md"
@@ -47,6 +50,8 @@ _FENCE = re.compile(r"^(`{3,}|~{3,})")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\((?:\.\./)?(pictures/[^)\s]+\.png)\)")
 _RELATIVE_IMPORT = re.compile(r"^from \.\w+ import [\w, ]+\s*$")
 _STALE = "challenge.ipynb is stale: run `python -m jaxgpt.notebook`"
+NEEDS_NBFORMAT = ("The notebook builder needs nbformat, one of the maintainers' tools (pyproject.toml's dev group): "
+                  "run it as `uv run python -m jaxgpt.notebook`, or `pip install nbformat` first.")
 
 METADATA = {
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -241,22 +246,102 @@ def task_heading(task: task_list.Task) -> str:
 
 
 def setup_cell() -> str:
-    return f'''# Set-up. In Colab this clones the challenge and installs it (a minute or two). On your own machine,
-# where you ran `pip install -e .` in the repository, there is nothing to do.
+    """The notebook's first code cell. In Colab it clones REPO_URL into COLAB_DIR (aside, then moved in whole,
+    so a broken clone is never used) and installs it with pip, writing INSTALLED_MARKER only once the install
+    succeeded, so running the cell again repairs a half-done install. Whatever fails (the clone, the install,
+    the import) ends the cell with one sentence that says what to do, without a traceback, and leaves `check`
+    and `hint` defined as stand-ins that repeat it, so that later cells do not fail with a NameError."""
+    return f'''# @title Set-up: run this cell first (Colab shows its code under "Show code") {{ display-mode: "form" }}
+# Set-up. In Colab this clones the challenge and installs it (a minute or two); if anything fails, it
+# says what to do, and running the cell again repairs a half-done install. On your own machine, where you ran
+# `pip install -e .` in the repository, it only imports.
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 
-REPO_URL = "{REPO_URL}"
-if "google.colab" in sys.modules:
-    if not os.path.isdir("{COLAB_DIR}"):
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "{COLAB_DIR}"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "{COLAB_DIR}"], check=True)
-    os.chdir("{COLAB_DIR}")
-    sys.path.insert(0, "{COLAB_DIR}")  # an editable install is only seen after a restart; this makes it now
+REPO_URL = "{REPO_URL}"  # working from a fork? put its address here
+CHALLENGE_DIR = "{COLAB_DIR}"
+IN_COLAB = "google.colab" in sys.modules
 
-from jaxgpt import check, hint
-from jaxgpt.grader.check_cell import warm_up
+
+def _last_words(output):
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("ERROR", "error:", "fatal:"))]
+    return (errors or lines or ["it said nothing"])[-1]
+
+
+def _loaded_versions():
+    """The installed packages this session has imported, with the versions it has in memory."""
+    return {{name: module.__version__ for name, module in list(sys.modules.items())
+            if "." not in name and isinstance(getattr(module, "__version__", None), str)
+            and "-packages" in (getattr(module, "__file__", None) or "")}}
+
+
+def _installed_version(name):
+    try:
+        importlib.invalidate_caches()
+        return importlib.metadata.version(name)
+    except Exception:  # no distribution of that name (the module's distribution is called otherwise)
+        return None
+
+
+def _install_in_colab():
+    """None once the challenge is cloned and installed; otherwise what went wrong and what to do."""
+    if not os.path.isfile(os.path.join(CHALLENGE_DIR, "pyproject.toml")):
+        partial = CHALLENGE_DIR + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(CHALLENGE_DIR, ignore_errors=True)
+        cloned = subprocess.run(["git", "clone", "--depth", "1", REPO_URL, partial], capture_output=True, text=True)
+        if cloned.returncode != 0:
+            return (f"git could not clone {{REPO_URL}} ({{_last_words(cloned.stderr)}}). Check that address (REPO_URL "
+                    "at the top of this cell) and that this runtime is online, then run this cell again.")
+        os.replace(partial, CHALLENGE_DIR)
+    marker = os.path.join(CHALLENGE_DIR, "{INSTALLED_MARKER}")
+    if not os.path.isfile(marker):  # written only after an install that succeeded
+        loaded = _loaded_versions()
+        installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", CHALLENGE_DIR],
+                                   capture_output=True, text=True)
+        if installed.returncode != 0:
+            return (f"pip could not install the challenge ({{_last_words(installed.stderr + installed.stdout)}}). "
+                    "Run this cell again; if it fails the same way, choose Runtime > Disconnect and delete "
+                    "runtime, then run the notebook from the top.")
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as written:
+            written.write(sys.executable + "\\n")
+        upgraded = sorted(name for name, version in loaded.items() if _installed_version(name) not in (None, version))
+        if upgraded:  # the old versions stay loaded in this session: mixing them with the new ones breaks imports
+            return (f"pip upgraded {{', '.join(upgraded)}}, which this session had already loaded. Choose Runtime > "
+                    "Restart session, then run this cell again (it will not install again).")
+    os.chdir(CHALLENGE_DIR)
+    if CHALLENGE_DIR not in sys.path:
+        sys.path.insert(0, CHALLENGE_DIR)  # an editable install is only seen after a restart; this makes it now
+    return None
+
+
+SETUP_PROBLEM = _install_in_colab() if IN_COLAB else None
+if SETUP_PROBLEM is None:
+    try:
+        from jaxgpt import check, hint
+        from jaxgpt.grader.check_cell import warm_up
+    except Exception as err:  # not installed for this kernel's Python, or a broken install
+        SETUP_PROBLEM = (f"this kernel's Python cannot import the challenge ({{type(err).__name__}}: {{err}}). " + (
+            "Choose Runtime > Restart session, then run this cell again." if IN_COLAB else
+            f"Install it for this Python ({{sys.executable}}) with `pip install -e .` in the repository, or "
+            "choose the kernel of the environment where you installed it; then run this cell again."))
+if SETUP_PROBLEM is not None:
+    class SetupFailed(Exception):
+        def _render_traceback_(self):  # what IPython shows instead of a traceback
+            return [f"Set-up failed: {{self}}"]
+
+    def check(task, *args, **kwargs):
+        print(f"check({{task}}) cannot run: the set-up cell failed. {{SETUP_PROBLEM[:1].upper()}}{{SETUP_PROBLEM[1:]}}")
+
+    def hint(task, *args, **kwargs):
+        print(f"hint({{task}}) cannot run: the set-up cell failed. {{SETUP_PROBLEM[:1].upper()}}{{SETUP_PROBLEM[1:]}}")
+
+    raise SetupFailed(SETUP_PROBLEM)
 
 warm_up()  # checks run in a separate process, which starts loading JAX now, so the first check(N) is quick
 
@@ -361,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BuildError as err:
         print(err, file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name != "nbformat":
+            raise
+        print(NEEDS_NBFORMAT, file=sys.stderr)
         return 2
 
 
