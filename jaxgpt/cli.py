@@ -99,14 +99,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="show this hint of the ladder (a failing check's verdict names the one that fits)")
     p.set_defaults(run=cmd_hint)
 
-    p = sub.add_parser("train", help="train a MiniGPT configuration with a progress bar and checkpoints")
-    p.add_argument("--config", default="tiny", help="tiny (a laptop CPU, ~8 min), challenge, video (a GPU), "
-                   "micro (seconds)")
-    p.add_argument("--impl", default="tasks", help=impl_help)
-    p.add_argument("--task", type=int, default=1, choices=(1, 6),
+    p = sub.add_parser(
+        "train", help="train a MiniGPT configuration with a progress bar and checkpoints",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a MiniGPT, saving a checkpoint at every evaluation and when it stops.\n\n"
+                    "Ctrl-C is answered at once: the run stops when the compiled call in progress ends (a few\n"
+                    "steps), evaluates and saves; a second Ctrl-C skips that evaluation. A save cut short\n"
+                    "leaves the previous checkpoint whole. `--resume DIR` (with the same --data) continues the\n"
+                    "run saved in DIR with its optimiser state, step and batches: the losses are those of a run\n"
+                    "never interrupted.\n\n"
+                    "A directory that holds the checkpoint of another run is never replaced unless you add\n"
+                    "--overwrite. It is refused rather than renamed, so that checkpoints/tiny always names the\n"
+                    "run you think it does when you sample from it; each kind of run has its own default.")
+    p.add_argument("--config", default=None, help="tiny (a laptop CPU, ~8 min; the default), challenge, video "
+                   "(a GPU), micro (seconds); with --resume, the checkpoint's")
+    p.add_argument("--impl", default=None, help=impl_help.replace("the default", "the default; with --resume, "
+                                                                  "the code that trained the checkpoint"))
+    p.add_argument("--task", type=int, default=None, choices=(1, 6),
                    help="whose MiniGPT: task 1's (Flax's layers, the default) or task 6's (your own parts)")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on (default: tiny Shakespeare)")
-    p.add_argument("--out", default=None, help="the checkpoint directory (default: checkpoints/<config>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the checkpoint directory (default: checkpoints/<config>, with -task6 for --task 6 and "
+                        "-reference for --impl reference; with --resume, the directory resumed)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run whose checkpoint is in DIR, where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint of another run in the output directory (at this run's first "
+                        "save, not before)")
     p.add_argument("--max-iters", type=int, default=None, help="override the configuration's step count")
     p.add_argument("--eval-interval", type=int, default=None, help="override how often to evaluate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -347,29 +366,67 @@ def cmd_train(args) -> int:
     from jaxgpt.training import configs, loop
     from jaxgpt import data
 
+    if args.resume is not None:
+        config, impl, task = None, args.impl, args.task
+        _check_resume_flags(args)
+        out = Path(args.out) if args.out else Path(args.resume)
+    else:
+        try:
+            config = configs.get_config(args.config or "tiny").with_overrides(args.max_iters, args.eval_interval)
+        except configs.ConfigError as err:
+            raise UserError(str(err), EXIT_USAGE) from None
+        impl, task = args.impl or "tasks", args.task or 1
+        out = Path(args.out) if args.out else loop.default_out_dir(config.name, impl, task)
+    if impl is not None:
+        _implementation(impl)  # a bad --impl is a usage error, said before anything loads
     try:
-        config = configs.get_config(args.config).with_overrides(args.max_iters, args.eval_interval)
-    except configs.ConfigError as err:
-        raise UserError(str(err), EXIT_USAGE) from None
-    _implementation(args.impl)  # a bad --impl is a usage error, said before anything loads
-    out = Path(args.out) if args.out else Path("checkpoints") / config.name
-    try:
-        history = loop.train(config, impl=args.impl, task=args.task, data_path=args.data, out_dir=out,
-                                 progress=not args.no_progress)
+        history = loop.train(config, impl=impl, task=task, data_path=args.data, out_dir=out,
+                             progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
+                             data_named_by="--data")
+    except loop.CheckpointExists as err:
+        resume = f"continue that run with `jaxgpt train --resume {err.directory}`, " if err.resumable else ""
+        raise UserError(f"{err.directory} already holds the checkpoint of another run ({err.description}). "
+                        f"Training now would replace it, so nothing was started: {resume}save this one "
+                        f"elsewhere with --out DIR, or replace it with --overwrite.", EXIT_USAGE) from None
     except loop.TrainingError as err:
         message = str(err)
-        if args.impl == "tasks" and "NotImplementedError" in message:
+        if impl == "tasks" and "NotImplementedError" in message:
             message += " To train the reference's model meanwhile, add --impl reference."
         raise UserError(message[0].upper() + message[1:]) from None
     except (configs.ConfigError, data.DataError) as err:
         raise UserError(str(err)) from None
     if history.interrupted:
+        if history.checkpoint is not None:
+            import shlex
+
+            again = f" --data {shlex.quote(args.data)}" if args.data else ""
+            print(f"Continue this run with `jaxgpt train --resume {shlex.quote(str(out))}{again}`.", flush=True)
         return EXIT_INTERRUPTED
     minutes, seconds = divmod(round(history.wall_seconds), 60)
     print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
           f"{minutes}m{seconds:02d}s ({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
           f"`jaxgpt sample --checkpoint {out}`.")
     return EXIT_OK
+
+
+def _check_resume_flags(args) -> None:
+    """With --resume the run keeps its own settings: a flag that asks for others is a usage error, said
+    before anything loads."""
+    from jaxgpt.training import checkpoint
+
+    try:
+        _, saved, _, meta = checkpoint.load(args.resume)
+    except checkpoint.CheckpointError as err:
+        raise UserError(f"--resume {args.resume}: {err}") from None
+    saved_task = int((meta.get("source") or {}).get("task", 1))
+    clashes = [f"{flag} {given} (it has {kept})" for flag, given, kept in (
+        ("--config", args.config, saved.name), ("--max-iters", args.max_iters, saved.train.max_iters),
+        ("--eval-interval", args.eval_interval, saved.train.eval_interval), ("--task", args.task, saved_task))
+        if given is not None and given != kept]
+    if clashes:
+        raise UserError(f"--resume continues the run in {args.resume} with its own settings, so that it goes on "
+                        f"as if never interrupted; these flags ask for others: {'; '.join(clashes)}. Leave them "
+                        f"out, or start a new run without --resume.", EXIT_USAGE)
 
 
 def cmd_sample(args) -> int:

@@ -48,15 +48,16 @@ class DataUnavailable(DataError):
 
 
 def load_text(path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-              download: bool = True) -> str:
+              download: bool = True, named_by: str = "the path given to load_text") -> str:
     """The training text: a local file if one is named, else tiny Shakespeare (cached, tfds or downloaded).
 
     path: a local UTF-8 text file (any text, not only Shakespeare); it wins over everything else.
     cache_dir: the folder holding the cached `input.txt` (default ~/.cache/jaxgpt/tinyshakespeare).
     download: False never touches the network (nor tensorflow-datasets): only a named file or the cache.
+    named_by: how an error message names where `path` came from (`jaxgpt train` says "--data").
     """
     if path is not None:
-        return _read_text_file(Path(path).expanduser(), "the path given to load_text")
+        return _read_text_file(Path(path).expanduser(), named_by)
     env_path = settings.data_path()
     if env_path:
         return _read_text_file(Path(env_path).expanduser(), f"the {ENV_VAR} environment variable")

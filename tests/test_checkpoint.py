@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +191,116 @@ def test_params_with_an_extra_layer(tmp_path):
 def test_params_of_another_shape(tmp_path):
     message = _load_mismatched(tmp_path, block_size=8)
     assert "position_embedding/embedding has shape (8, 32), the configuration asks for (16, 32)" in message
+
+
+# ---- a save that is stopped never breaks the checkpoint -----------------------------------------------
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _stop_at_rename(monkeypatch, nth: int) -> None:
+    """Makes the nth os.replace of the next save raise KeyboardInterrupt before it renames: the save stops
+    there, as at a Ctrl-C or a crash."""
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == nth:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+
+
+# A save with a training state renames six times: the staged params and training files, checkpoint.json
+# naming them, the two files to their usual names, checkpoint.json again.
+@pytest.mark.parametrize("stopped_at", range(1, 7))
+def test_a_save_stopped_anywhere_leaves_a_whole_checkpoint(tmp_path, monkeypatch, stopped_at):
+    """Whichever rename a second checkpoint's save stops before, the directory loads, as the first
+    checkpoint or the second, never a mixture; the next save cleans up what the stopped one left."""
+    first, second = random_params(CONFIG, seed=1), random_params(CONFIG, seed=2)
+    state = {"opt_state": {"mu": np.zeros(3, np.float32)}, "train_key": np.array([0, 1], np.uint32),
+             "eval_key": np.array([0, 2], np.uint32), "text_sha256": "a" * 64}
+    checkpoint.save(tmp_path, first, CONFIG, TOKENIZER, step=10, training=state)
+    _stop_at_rename(monkeypatch, stopped_at)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, second, CONFIG, TOKENIZER, step=20, training=state)
+    monkeypatch.undo()
+    loaded, _, _, meta = checkpoint.load(tmp_path)
+    expected = first if meta["step"] == 10 else second
+    assert meta["step"] == (10 if stopped_at <= 3 else 20)
+    for got, want in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(got, want)
+    assert checkpoint.load_training_state(tmp_path, {"mu": np.zeros(3, np.float32)})["step"] == meta["step"]
+    checkpoint.save(tmp_path, second, CONFIG, TOKENIZER, step=30, training=state)
+    assert sorted(_files(tmp_path)) == ["checkpoint.json", "params.msgpack", "training.msgpack"]
+
+
+def test_training_state_round_trips(tmp_path):
+    import optax
+
+    params = random_params(CONFIG)
+    tx = optax.adamw(1e-3)
+    opt_state = tx.init(params)
+    opt_state = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1, opt_state)  # not the fresh state
+    checkpoint.save(tmp_path, params, CONFIG, TOKENIZER, step=7,
+                    training={"opt_state": opt_state, "train_key": jax.random.PRNGKey(3),
+                              "eval_key": jax.random.key(4), "text_sha256": "b" * 64})
+    state = checkpoint.load_training_state(tmp_path, tx.init(params))
+    assert jax.tree_util.tree_structure(state["opt_state"]) == jax.tree_util.tree_structure(opt_state)
+    for got, want in zip(jax.tree_util.tree_leaves(state["opt_state"]), jax.tree_util.tree_leaves(opt_state)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(state["train_key"], jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(state["eval_key"], jax.random.key_data(jax.random.key(4)))
+    assert state["step"] == 7 and state["text_sha256"] == "b" * 64
+
+
+def test_training_state_of_another_optimiser_is_a_sentence(tmp_path):
+    import optax
+
+    params = random_params(CONFIG)
+    checkpoint.save(tmp_path, params, CONFIG, TOKENIZER, step=7,
+                    training={"opt_state": optax.sgd(0.1).init(params), "train_key": jax.random.PRNGKey(3),
+                              "eval_key": jax.random.PRNGKey(4), "text_sha256": "b" * 64})
+    with pytest.raises(CheckpointError, match="does not hold the state of this optimiser .* was the "
+                                              "configuration changed"):
+        checkpoint.load_training_state(tmp_path, optax.adamw(1e-3).init(params))
+
+
+def test_damaged_training_state_is_a_sentence(tmp_path):
+    import optax
+
+    params = random_params(CONFIG)
+    tx = optax.adamw(1e-3)
+    checkpoint.save(tmp_path, params, CONFIG, TOKENIZER, step=7,
+                    training={"opt_state": tx.init(params), "train_key": jax.random.PRNGKey(3),
+                              "eval_key": jax.random.PRNGKey(4), "text_sha256": "b" * 64})
+    path = tmp_path / "training.msgpack"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_training_state(tmp_path, tx.init(params))
+    assert "training.msgpack does not match the SHA-256 recorded in checkpoint.json: the training state file " \
+           "is truncated" in str(info.value)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="training.msgpack is missing"):
+        checkpoint.load_training_state(tmp_path, tx.init(params))
+
+
+def test_a_description_pointing_outside_its_folder_is_refused(saved):
+    directory, _ = saved
+    _rewrite_meta(directory, params_file="../params.msgpack")
+    assert "which is not a file name in the checkpoint's folder" in load_error(directory)
+
+
+def test_describe_and_holds_checkpoint(saved, tmp_path):
+    directory, _ = saved
+    assert checkpoint.holds_checkpoint(directory) and not checkpoint.holds_checkpoint(tmp_path / "none")
+    assert checkpoint.describe(directory).startswith("`micro` at step 40 of 40, eval loss 2.5000, task 1's "
+                                                     "MiniGPT from reference, saved ")
+    assert not checkpoint.resumable(directory)  # saved without a training state
+    (directory / "checkpoint.json").write_text("{ not json")
+    assert checkpoint.holds_checkpoint(directory)
+    assert checkpoint.describe(directory).startswith(f"damaged: {directory / 'checkpoint.json'} is not valid JSON")

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import textwrap
+import time
+import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -268,3 +273,304 @@ def test_only_tasks_1_and_6_can_be_trained():
 def test_text_too_short_for_a_block_is_a_sentence():
     with pytest.raises(loop.TrainingError, match="eval split"):
         loop.train(TOY, impl="reference", text="abcdefghij" * 5, progress=False, log=lambda s: None)
+
+
+# ---- never losing work: Ctrl-C, resume, other runs' checkpoints ------------------------------------------
+#
+# Ctrl-C is a real SIGINT sent to this process, at a point the test chooses: from the log line of an
+# evaluation, or from inside a compiled call (a wrapper around the compiled step). The run's own handler
+# takes it; pytest never sees a KeyboardInterrupt.
+
+
+class Log(list):
+    """The lines a run says, in order."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    def after(self, prefix: str) -> list[str]:
+        return [line for line in self if line.startswith(prefix)]
+
+
+def _ctrl_c(times: int = 1) -> None:
+    for press in range(times):
+        if press:
+            # Apart, as a person presses: Python calls its handler once for signals that arrive together.
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+class CtrlCDuringCall:
+    """Stands in for a run's jitted training step: compiles it as fit does, and sends Ctrl-C `times` times
+    from inside call number `call` (from the worker thread, as a terminal's Ctrl-C arrives while XLA
+    computes), then waits a moment so that an answer given at once lands while the call still runs."""
+
+    def __init__(self, jitted, log: Log, call: int = 1, times: int = 1):
+        self.jitted, self.log, self.call, self.times = jitted, log, call, times
+        self.calls = 0
+        self.lines_before_return: list[str] = []
+
+    def lower(self, *args):
+        compiled = self.jitted.lower(*args).compile()
+
+        def call(*call_args):
+            self.calls += 1
+            result = compiled(*call_args)
+            if self.calls == self.call:
+                _ctrl_c(self.times)
+                time.sleep(0.3)
+                self.lines_before_return = list(self.log)
+            return result
+
+        return types.SimpleNamespace(compile=lambda: call)
+
+
+def _prepare_toy(steps_per_call: int = 3, **kwargs):
+    return loop.prepare(TOY, impl="reference", text=CORPUS, steps_per_call=steps_per_call, **kwargs)
+
+
+def _leaves_equal(a, b) -> None:
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def toy_uninterrupted(tmp_path_factory):
+    """TOY (dropout on, a cosine schedule) for 12 steps in calls of 3, never interrupted."""
+    run = _prepare_toy()
+    history = loop.fit(run, out_dir=tmp_path_factory.mktemp("uninterrupted"), progress=False,
+                       log=lambda line: None)
+    return history
+
+
+def test_ctrl_c_is_answered_at_once_and_saves_after_the_call(tmp_path, toy_uninterrupted):
+    """Ctrl-C during the first call is answered while that call still runs; the run then evaluates at step
+    3 and saves there; a run of that one call still reports its speed."""
+    log = Log()
+    run = _prepare_toy()
+    run.train_steps = stand_in = CtrlCDuringCall(run.train_steps, log)
+    history = loop.fit(run, out_dir=tmp_path, progress=False, log=log)
+    answer = "Ctrl-C: stopping when steps 1-3 are done (a compiled call cannot be cut short), then evaluating " \
+             f"and saving a checkpoint in {tmp_path}. Press Ctrl-C again to skip the evaluation."
+    assert answer in stand_in.lines_before_return, log
+    assert history.interrupted and history.steps == [0, 3] and len(history.batch_losses) == 3
+    assert log[-1] == f"Stopped at step 3 of 12; the checkpoint is in {tmp_path}."
+    assert history.tokens_per_second > 0
+    params, *_, meta = checkpoint.load(tmp_path)
+    assert meta["step"] == 3
+    assert meta["metrics"]["eval_loss"] == history.eval_losses[-1]
+    assert history.batch_losses == toy_uninterrupted.batch_losses[:3]
+
+
+def test_second_ctrl_c_skips_the_evaluation_and_still_saves(tmp_path):
+    log = Log()
+    run = _prepare_toy()
+    run.train_steps = CtrlCDuringCall(run.train_steps, log, times=2)
+    history = loop.fit(run, out_dir=tmp_path, progress=False, log=log)
+    assert log.after("Ctrl-C again: no final evaluation; stopping when steps 1-3 are done, then saving"), log
+    assert history.steps == [0]  # no evaluation at step 3
+    *_, meta = checkpoint.load(tmp_path)
+    assert meta["step"] == 3
+
+
+def test_ctrl_c_during_the_save_waits_for_a_whole_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C pressed twice while the checkpoint of step 6 is being written: the save ends whole, then the
+    run stops there."""
+    real_save = checkpoint.save
+
+    def save_with_ctrl_c(directory, *args, **kwargs):
+        _ctrl_c(2)
+        time.sleep(0.2)  # the handler has run: the presses arrived in the middle of the save
+        return real_save(directory, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save_with_ctrl_c)
+    log = Log()
+    history = loop.fit(_prepare_toy(), out_dir=tmp_path, progress=False, log=log)
+    assert log.after("Ctrl-C: stopping as soon as the checkpoint of step 6 is saved."), log
+    assert log.after("Still saving: the checkpoint of step 6 is written whole in a moment"), log
+    assert history.interrupted and history.steps[-1] == 6
+    params, *_, meta = checkpoint.load(tmp_path)
+    _leaves_equal(params, history.params)
+    assert meta["step"] == 6
+
+
+def test_resume_gives_the_losses_and_parameters_of_the_uninterrupted_run(tmp_path, toy_uninterrupted):
+    """Stopped by Ctrl-C at the evaluation of step 6, then resumed: the batches, dropout masks, learning
+    rates and Adam moments are those of the run never stopped, so every loss and every parameter is
+    bit for bit the same (the same compiled step on the same inputs; no tolerance is needed)."""
+    log = Log()
+
+    def ctrl_c_at_step_6(line: str) -> None:
+        log(line)
+        if line.startswith("step 6:"):
+            _ctrl_c()
+
+    first = loop.fit(_prepare_toy(), out_dir=tmp_path, progress=False, log=ctrl_c_at_step_6)
+    assert first.interrupted and first.steps == [0, 6] and len(first.batch_losses) == 6
+    resumed = loop.train(None, resume=tmp_path, text=CORPUS, steps_per_call=3, progress=False, log=log)
+    assert log.after(f"Resuming `toy` from {tmp_path} at step 6 of 12")
+    assert not resumed.interrupted
+    assert resumed.batch_losses == toy_uninterrupted.batch_losses
+    assert resumed.steps == toy_uninterrupted.steps == [0, 6, 12]
+    assert resumed.eval_losses == toy_uninterrupted.eval_losses
+    _leaves_equal(resumed.params, toy_uninterrupted.params)
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["batch_losses"] == toy_uninterrupted.batch_losses and not saved["interrupted"]
+
+
+def test_resume_needs_the_same_text_and_an_unfinished_run(tmp_path, toy_uninterrupted):
+    finished = toy_uninterrupted.checkpoint
+    with pytest.raises(loop.TrainingError, match=r"is finished \(step 12 of 12\): there is nothing to resume"):
+        loop.train(None, resume=finished, text=CORPUS, progress=False, log=lambda line: None)
+    params, config, tokenizer, _ = checkpoint.load(finished)
+    early = dataclasses.replace(config, train=dataclasses.replace(config.train, max_iters=24))
+    tx = loop.make_optimizer(early.train)
+    training = {"opt_state": tx.init(params), "train_key": jax.random.PRNGKey(1),
+                "eval_key": jax.random.PRNGKey(2), "text_sha256": "0" * 64}
+    checkpoint.save(tmp_path, params, early, tokenizer, step=12, training=training)
+    with pytest.raises(loop.TrainingError, match="was trained on another text: resume it with the same text"):
+        loop.train(None, resume=tmp_path, text=CORPUS, progress=False, log=lambda line: None)
+    checkpoint.save(tmp_path, params, early, tokenizer, step=12)  # no training state: sampling only
+    with pytest.raises(loop.TrainingError, match="holds no training state .* so it cannot be resumed"):
+        loop.train(None, resume=tmp_path, text=CORPUS, progress=False, log=lambda line: None)
+
+
+def test_stopped_before_any_step_saves_nothing(tmp_path):
+    """Ctrl-C at the first evaluation: nothing has been trained, so no checkpoint is written (and none can
+    then stand in the way of the next run)."""
+    log = Log()
+
+    def ctrl_c_at_step_0(line: str) -> None:
+        log(line)
+        if line.startswith("step 0:"):
+            _ctrl_c()
+
+    history = loop.fit(_prepare_toy(), out_dir=tmp_path, progress=False, log=ctrl_c_at_step_0)
+    assert history.interrupted and history.steps == [0] and not history.batch_losses
+    assert log[-1] == "Stopped at step 0 of 12." and not checkpoint.holds_checkpoint(tmp_path)
+
+
+# ---- another run's checkpoint ------------------------------------------------------------------------------
+
+
+def _saved_checkpoint(directory, step: int = 40):
+    from jaxgpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text(CORPUS)
+    config = RUN.with_vocab_size(tokenizer.vocab_size)
+    model = _reference_model(config)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params)
+    tx = loop.make_optimizer(config.train)
+    training = {"opt_state": tx.init(params), "train_key": jax.random.PRNGKey(1),
+                "eval_key": jax.random.PRNGKey(2), "text_sha256": "0" * 64}
+    checkpoint.save(directory, params, config, tokenizer, step=step, metrics={"eval_loss": 2.5},
+                    source={"impl": "reference", "task": 1}, training=training)
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_a_checkpoint_of_another_run_is_never_replaced_silently(tmp_path):
+    before = _saved_checkpoint(tmp_path, step=5)
+    with pytest.raises(loop.CheckpointExists) as info:
+        loop.train(RUN, impl="reference", text=CORPUS, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert "`micro` at step 5 of 10, eval loss 2.5000, task 1's MiniGPT from reference, saved 20" in str(info.value)
+    assert info.value.resumable
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    loop.check_out_dir(tmp_path, overwrite=True)  # told to
+    loop.check_out_dir(tmp_path, resume=tmp_path)  # the run being resumed
+    loop.check_out_dir(tmp_path / "elsewhere")
+
+
+def test_each_kind_of_run_has_its_own_default_directory():
+    dirs = {loop.default_out_dir("tiny", impl, task) for impl in ("tasks", "reference") for task in (1, 6)}
+    assert dirs == {Path("checkpoints/tiny"), Path("checkpoints/tiny-task6"), Path("checkpoints/tiny-reference"),
+                    Path("checkpoints/tiny-task6-reference")}
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    from jaxgpt import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_cli_refuses_another_runs_checkpoint_and_names_the_ways_out(capsys, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "run"
+    out.mkdir()
+    before = _saved_checkpoint(out, step=5)
+    code, _, err = _cli(capsys, "train", "--config", "micro", "--impl", "reference", "--data", str(corpus),
+                        "--out", str(out))
+    assert code == 2
+    assert err.startswith(f"{out} already holds the checkpoint of another run (`micro` at step 5 of 10")
+    assert (f"nothing was started: continue that run with `jaxgpt train --resume {out}`, save this one "
+            "elsewhere with --out DIR, or replace it with --overwrite.") in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_resume_keeps_the_runs_settings(capsys, tmp_path):
+    _saved_checkpoint(tmp_path, step=5)
+    code, _, err = _cli(capsys, "train", "--resume", str(tmp_path), "--config", "tiny", "--max-iters", "10",
+                        "--task", "6")
+    assert code == 2
+    assert (f"--resume continues the run in {tmp_path} with its own settings, so that it goes on as if never "
+            "interrupted; these flags ask for others: --config tiny (it has micro); --task 6 (it has 1).") in err
+    code, _, err = _cli(capsys, "train", "--resume", str(tmp_path / "nothing"))
+    assert code == 1 and "the directory does not exist" in err
+
+
+def test_cli_names_the_data_flag(capsys, tmp_path):
+    code, _, err = _cli(capsys, "train", "--config", "micro", "--impl", "reference", "--data",
+                        str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out"))
+    assert code == 1 and err.strip() == f"There is no file at {tmp_path / 'missing.txt'} (named by --data); " \
+                                        "check the path."
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # 106 s measured on a 2-core machine under a load average of 8
+def test_terminal_ctrl_c_then_resume(tmp_path):
+    """As at a terminal: `jaxgpt train` in its own process, Ctrl-C once after the evaluation of step 10, then
+    `--resume`, Ctrl-C again after step 30. Each Ctrl-C is answered within a second, each stop saves where
+    it stopped (the step of that evaluation, or the end of the call then starting) and names the command
+    that continues. (Slow: two processes import JAX and compile.)"""
+    import re
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "run"
+
+    def train_until(args: list[str], line_prefix: str) -> tuple[int, list[str], int]:
+        process = subprocess.Popen([sys.executable, "-m", "jaxgpt.cli", "train", *args, "--no-progress"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=tmp_path)
+        lines, sent = [], None
+        for line in process.stdout:
+            lines.append((time.perf_counter(), line.rstrip("\n")))
+            if sent is None and line.startswith(line_prefix):
+                process.send_signal(signal.SIGINT)
+                sent = time.perf_counter()
+        code = process.wait(timeout=300)
+        answer = next(t for t, line in lines if line.startswith("Ctrl-C: stopping"))
+        assert answer - sent < 1.0, lines
+        text = [line for _, line in lines]
+        stopped = next(re.fullmatch(rf"Stopped at step (\d+) of 4,000; the checkpoint is in {re.escape(str(out))}\.",
+                                    line) for line in text if line.startswith("Stopped at step"))
+        assert code == 130 and stopped, text
+        assert f"Continue this run with `jaxgpt train --resume {out} --data {corpus}`." in text
+        return int(stopped.group(1))
+
+    first = train_until(["--config", "micro", "--impl", "reference", "--data", str(corpus), "--out", str(out),
+                         "--max-iters", "4000", "--eval-interval", "10"], "step 10:")
+    assert first in (10, 20) and checkpoint.load(out)[3]["step"] == first
+    second = train_until(["--resume", str(out), "--data", str(corpus)], "step 30:")
+    assert second in (30, 40) and checkpoint.load(out)[3]["step"] == second
+    history = json.loads((out / "history.json").read_text())
+    assert history["steps"] == list(range(0, second + 1, 10)) and len(history["batch_losses"]) == second

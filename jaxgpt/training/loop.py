@@ -9,16 +9,27 @@ MiniGPT by default, task 6's hand-built one with task=6. Everything else is the 
                round trip per step (about a third faster on a 2-core CPU for the tiny model)
     dropout    a fresh key every step, folded from the step number, so a run is reproducible
     eval       every eval_interval steps: the mean loss of eval_iters batches from each split, dropout off
-    save       a checkpoint (see checkpoint.py) at each evaluation and at the end, history.json beside it
+    save       a checkpoint (see checkpoint.py) at each evaluation and at the end, history.json beside it;
+               never over the checkpoint of another run unless told (overwrite=True)
+    Ctrl-C     answered at once; the run stops when the compiled call in progress ends, evaluates and saves
+               (a second Ctrl-C skips the evaluation); see _CtrlC
+    resume     prepare(resume=directory) continues a saved run with its optimiser state, step and key
+               streams: the same batches, dropout masks and losses as the run never interrupted
+    speed      the training step is compiled ahead of its first call, so tokens per second counts every
+               call, also in a run of one call
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -248,9 +259,10 @@ def make_evaluate(model, config: Config):
     return evaluate
 
 
-def _steps_per_call(wanted: int, train: TrainConfig) -> int:
-    # Each compiled call must end exactly at every evaluation and at max_iters, so its length divides both.
-    boundary = math.gcd(train.eval_interval, train.max_iters)
+def _steps_per_call(wanted: int, train: TrainConfig, start: int = 0) -> int:
+    # Each compiled call must end exactly at every evaluation and at max_iters, so its length divides both,
+    # and, for a resumed run, the step it starts from.
+    boundary = math.gcd(math.gcd(train.eval_interval, train.max_iters), start)
     return max(k for k in range(1, max(1, min(wanted, boundary)) + 1) if boundary % k == 0)
 
 
@@ -279,14 +291,64 @@ class Run:
     history: History
     started: float  # time.perf_counter() when preparing began: wall_seconds counts from there
     step: int = 0
+    text_sha256: str = ""  # the training text's, saved with the checkpoint so that a resume uses the same text
+    resumed_from: str | None = None  # the checkpoint directory this run continues
+    earlier_wall_seconds: float = 0.0  # the wall time of the sessions before a resume
 
 
-def prepare(config: Config, *, impl: Any = "reference", task: int = 1, text: str | None = None,
-            data_path: str | os.PathLike | None = None, steps_per_call: int = 10) -> Run:
+class CheckpointExists(TrainingError):
+    """The output directory holds the checkpoint of another run, which training would replace."""
+
+    def __init__(self, directory: Path, description: str, resumable: bool):
+        self.directory, self.description, self.resumable = directory, description, resumable
+        resume = "Resume that run (resume=...), save" if resumable else "Save"
+        super().__init__(f"{directory} already holds a checkpoint of another run ({description}); training "
+                         f"now would replace it. {resume} this one elsewhere (out_dir=...), or pass "
+                         f"overwrite=True to replace it.")
+
+
+def default_out_dir(config_name: str, impl: Any = "tasks", task: int = 1) -> Path:
+    """Where `jaxgpt train` saves when no directory is named: checkpoints/<config>, with -task6 for task 6's
+    MiniGPT and -reference for the reference's, so that the runs of the course (the reference's, your task
+    1's, your task 6's) each keep their own checkpoint."""
+    name = config_name + ("-task6" if int(task) == 6 else "") + ("-reference" if impl == "reference" else "")
+    return Path("checkpoints") / name
+
+
+def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  resume: str | os.PathLike | None = None) -> None:
+    """Raises CheckpointExists when `out_dir` holds a checkpoint that this run would replace: one of another
+    run, unless `overwrite`; the run being resumed may be saved over."""
+    from jaxgpt.training import checkpoint
+
+    out = Path(out_dir)
+    if overwrite or not checkpoint.holds_checkpoint(out):
+        return
+    if resume is not None and _same_path(out, Path(resume)):
+        return
+    raise CheckpointExists(out, checkpoint.describe(out), checkpoint.resumable(out))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+def prepare(config: Config | None, *, impl: Any = None, task: int | None = None, text: str | None = None,
+            data_path: str | os.PathLike | None = None, steps_per_call: int = 10,
+            resume: str | os.PathLike | None = None, data_named_by: str = "data_path") -> Run:
     """Reads the text, builds the model from `impl` and initialises it and the optimiser: a `Run` at step 0.
+    With `resume` (a checkpoint directory), the run continues where that checkpoint stopped instead: its
+    configuration, parameters, optimiser state, step and key streams, so that it goes on exactly as the
+    uninterrupted run would have.
 
-    text: the text to train on; default load_text(data_path) (tiny Shakespeare, or the file named).
-    Raises TrainingError (an unfinished or broken model, a text too short), ConfigError, data.DataError.
+    impl, task: default "reference" and 1; for a resumed run, those that trained the checkpoint.
+    text: the text to train on; default load_text(data_path) (tiny Shakespeare, or the file named, which
+    error messages call `data_named_by`). A resumed run must be given the same text as the first.
+    Raises TrainingError (an unfinished or broken model, a text too short, a checkpoint that cannot be
+    resumed), ConfigError, data.DataError.
     """
     import jax
 
@@ -294,9 +356,23 @@ def prepare(config: Config, *, impl: Any = "reference", task: int = 1, text: str
     from jaxgpt.tokenizer import CharTokenizer
 
     started = time.perf_counter()
+    resumed = _load_for_resume(resume, config) if resume is not None else None
+    if resumed is not None:
+        config = resumed["config"]
+        impl = resumed["source"].get("impl", "reference") if impl is None else impl
+        task = int(resumed["source"].get("task", 1)) if task is None else task
+    if config is None:
+        raise ConfigError("No configuration was given: name one (configs.get_config('tiny')) or resume a "
+                          "checkpoint.")
+    impl = "reference" if impl is None else impl
+    task = 1 if task is None else int(task)
     if text is None:
-        text = data.load_text(data_path)
+        text = data.load_text(data_path, named_by=data_named_by)
+    text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     tokenizer = CharTokenizer.from_text(text)
+    if resumed is not None and text_sha256 != resumed["training"]["text_sha256"]:
+        raise TrainingError(f"The run in {resume} was trained on another text: resume it with the same text "
+                            f"(the same --data) it started with.")
     config = config.with_vocab_size(tokenizer.vocab_size)
     train_cfg, T = config.train, config.model.block_size
     ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
@@ -308,122 +384,385 @@ def prepare(config: Config, *, impl: Any = "reference", task: int = 1, text: str
 
     impl_label = _impl_label(impl)
     model = build_model(model_class(impl, task), config)
-    init_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(train_cfg.seed), 3)
-    params = init_params(model, config, init_key, task)
     tx = make_optimizer(train_cfg)
-    k = _steps_per_call(steps_per_call, train_cfg)
-    history = History(config=config.to_dict(), impl=impl_label, task=int(task), n_params=count_params(params),
-                      params=params, tokenizer=tokenizer)
-    return Run(config=config, task=int(task), impl_label=impl_label, tokenizer=tokenizer, model=model,
-               params=params, opt_state=tx.init(params), train_data=jax.device_put(train_ids),
+    if resumed is None:
+        init_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(train_cfg.seed), 3)
+        params = init_params(model, config, init_key, task)
+        opt_state, step = tx.init(params), 0
+        history = History(config=config.to_dict(), impl=impl_label, task=task, n_params=count_params(params))
+    else:
+        check_model_tree(model, config, task)
+        params = jax.device_put(resumed["params"])
+        training = resumed["training"]
+        opt_state = jax.device_put(training["opt_state"])
+        train_key, eval_key = jax.device_put(training["train_key"]), jax.device_put(training["eval_key"])
+        step = training["step"]
+        history = _history_for_resume(Path(resume), config, impl_label, task, count_params(params), step)
+    history.params, history.tokenizer = params, tokenizer
+    k = _steps_per_call(steps_per_call, train_cfg, start=step)
+    return Run(config=config, task=task, impl_label=impl_label, tokenizer=tokenizer, model=model,
+               params=params, opt_state=opt_state, train_data=jax.device_put(train_ids),
                eval_data=jax.device_put(eval_ids), train_steps=make_train_steps(model, tx, config, k),
                evaluate=make_evaluate(model, config), steps_per_call=k, train_key=train_key, eval_key=eval_key,
-               history=history, started=started)
+               history=history, started=started, step=step, text_sha256=text_sha256,
+               resumed_from=None if resume is None else str(resume),
+               earlier_wall_seconds=history.wall_seconds if resume is not None else 0.0)
+
+
+def _load_for_resume(resume: str | os.PathLike, config: Config | None) -> dict[str, Any]:
+    """The checkpoint to resume, with its training state; TrainingError if it cannot be resumed."""
+    from jaxgpt.training import checkpoint
+
+    try:
+        params, saved_config, _, meta = checkpoint.load(resume)
+        training = checkpoint.load_training_state(resume, make_optimizer(saved_config.train).init(params))
+    except checkpoint.CheckpointError as err:
+        raise TrainingError(str(err)) from None
+    if config is not None and config.with_vocab_size(saved_config.model.vocab_size) != saved_config:
+        raise TrainingError(f"The run in {resume} was trained with the configuration `{saved_config.name}` "
+                            f"(max_iters {saved_config.train.max_iters:,}, eval_interval "
+                            f"{saved_config.train.eval_interval:,}); a resumed run keeps its configuration, "
+                            f"so that it goes on exactly as it would have without the interruption.")
+    if training["step"] >= saved_config.train.max_iters:
+        raise TrainingError(f"The run in {resume} is finished (step {training['step']:,} of "
+                            f"{saved_config.train.max_iters:,}): there is nothing to resume. Sample from it "
+                            f"(`jaxgpt sample --checkpoint {resume}`), or start a new run with more steps.")
+    return {"params": params, "config": saved_config, "source": meta.get("source") or {}, "training": training}
+
+
+def check_model_tree(model, config: Config, task: int) -> None:
+    """The model's parameter tree, traced (not run), checked against the lessons' tree: a model changed since
+    its checkpoint was saved is named here, not deep inside a compiled step."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgpt.training.checkpoint import expected_param_shapes, tree_mismatch
+
+    dummy = jnp.zeros((1, config.model.block_size), jnp.int32)
+    try:
+        shapes = jax.eval_shape(functools.partial(model.init, deterministic=True), jax.random.PRNGKey(0), dummy)
+    except Exception as err:  # the learner's code: a stub or a bug
+        raise TrainingError(explain_model_error(err, task)) from None
+    problem = tree_mismatch(_plain_dict(shapes["params"]), expected_param_shapes(config.model))
+    if problem:
+        raise TrainingError(f"The MiniGPT of task {task} does not have the lesson's parameter tree "
+                            f"({problem}); run `jaxgpt check {task}` to see what differs.")
+
+
+def _history_for_resume(directory: Path, config: Config, impl_label: str, task: int, n_params: int,
+                        step: int) -> History:
+    """The history saved beside the checkpoint, cut at the checkpoint's step (history.json is written just
+    before the checkpoint, so it may be one save ahead); a fresh one if it is missing or unreadable."""
+    fresh = History(config=config.to_dict(), impl=impl_label, task=task, n_params=n_params)
+    try:
+        saved = json.loads((directory / HISTORY_FILE).read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(History)} - {"params", "tokenizer"}
+        history = History(**{name: value for name, value in saved.items() if name in known})
+        kept = [i for i, s in enumerate(history.steps) if int(s) <= step]
+        history.steps = [int(history.steps[i]) for i in kept]
+        history.train_losses = [float(history.train_losses[i]) for i in kept]
+        history.eval_losses = [float(history.eval_losses[i]) for i in kept]
+        history.batch_losses = [float(v) for v in history.batch_losses[:step]]
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return fresh
+    history.config, history.impl, history.task, history.n_params = fresh.config, impl_label, task, n_params
+    history.interrupted, history.checkpoint = False, None
+    history.wall_seconds = float(history.wall_seconds or 0.0)
+    history.train_seconds = float(history.train_seconds or 0.0)
+    return history
+
+
+HISTORY_FILE = "history.json"
 
 
 def save(run: Run, out_dir: str | os.PathLike) -> None:
-    """A checkpoint of `run` at its current step, and history.json beside it."""
+    """A checkpoint of `run` at its current step, with what resuming needs, and history.json beside it.
+    history.json is written first: the checkpoint is the record, and a resume cuts the history at its step."""
     from jaxgpt.training import checkpoint
 
     out = Path(out_dir)
     history = run.history
-    metrics = {"train_loss": history.final_train_loss, "eval_loss": history.final_eval_loss}
-    checkpoint.save(out, run.params, run.config, run.tokenizer, run.step, metrics,
-                    source={"impl": run.impl_label, "task": run.task})
     history.checkpoint = str(out)
-    history.wall_seconds = time.perf_counter() - run.started
-    _write_json(out / "history.json", history.to_dict())
+    history.wall_seconds = run.earlier_wall_seconds + time.perf_counter() - run.started
+    metrics = {"train_loss": history.final_train_loss, "eval_loss": history.final_eval_loss}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / HISTORY_FILE, history.to_dict())
+        checkpoint.save(out, run.params, run.config, run.tokenizer, run.step, metrics,
+                        source={"impl": run.impl_label, "task": run.task},
+                        training={"opt_state": run.opt_state, "train_key": run.train_key,
+                                  "eval_key": run.eval_key, "text_sha256": run.text_sha256})
+    except OSError as err:
+        raise TrainingError(f"Could not save to {out}: {err.strerror or err}.") from None
+    except checkpoint.CheckpointError as err:
+        raise TrainingError(str(err)) from None
+
+
+class _CtrlC:
+    """Ctrl-C while `fit` runs. The first press is answered at once and stops the run when the compiled call
+    in progress ends (a call cannot be cut short), then evaluates and saves; a second press skips that
+    evaluation; presses during the save wait for it, so a checkpoint is never left half-written.
+
+    So that the answer comes at once, the compiled calls run in a worker thread while this (the main) thread
+    waits in short slices, in which Python runs signal handlers. Away from the main thread (where signal
+    handlers cannot be set), calls run in place and Ctrl-C is the usual KeyboardInterrupt.
+    """
+
+    def __init__(self, say: Callable[[str], None], out: Path | None):
+        self.say, self.out = say, out
+        self.presses = 0
+        self.answered = 0
+        self.doing = "starting"  # "training", "compiling", "evaluating", "saving"
+        self.steps = (0, 0)  # the steps of the call in progress
+        self.saved_step: int | None = None
+        self.installed = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        # Only counted here. Printing from a signal handler can interrupt a print of the main thread, and
+        # Python's buffered streams are not reentrant; `wait` prints the answer within 50 ms.
+        self.presses += 1
+
+    @property
+    def stop(self) -> bool:
+        return self.presses > 0
+
+    @property
+    def skip_evaluation(self) -> bool:
+        return self.presses > 1
+
+    def run(self, doing: str, fn: Callable[[], Any]) -> Any:
+        """fn()'s result (or exception), computed in a worker thread while this thread answers Ctrl-C."""
+        self.doing = doing
+        if not self.installed:
+            return fn()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as err:  # handed to the main thread, with its traceback
+                box["error"] = err
+
+        worker = threading.Thread(target=work, name="jaxgpt-train", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+            self.answer()
+        self.answer()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def answer(self) -> None:
+        while self.answered < self.presses:
+            self.answered += 1
+            self.say(self._message(self.answered))
+
+    def _then_save(self) -> str:
+        """How the stop ends: with a save, or why without one."""
+        if self.out is None:
+            return "saving nothing (there is no output directory)"
+        if self.steps[1] == 0:
+            return "saving nothing, as nothing has been trained yet"
+        if self.saved_step == self.steps[1]:
+            return f"keeping the checkpoint of step {self.saved_step:,} in {self.out}"
+        return f"saving a checkpoint in {self.out}"
+
+    def _message(self, press: int) -> str:
+        first, last = self.steps
+        if self.doing == "saving":
+            if press == 1:
+                return f"Ctrl-C: stopping as soon as the checkpoint of step {last:,} is saved."
+            return f"Still saving: the checkpoint of step {last:,} is written whole in a moment, then it stops."
+        if self.doing == "compiling":
+            what, cannot = "the training step is compiled", "compiling"
+            self.steps = (first, first)  # it stops before training those steps
+        elif self.doing == "training":
+            what, cannot = f"steps {first + 1:,}-{last:,} are done", "a compiled call"
+        else:
+            what, cannot = "the evaluation in progress ends", "an evaluation"
+        if press == 1:
+            skip = " Press Ctrl-C again to skip the evaluation." if self.doing == "training" else ""
+            evaluate = "evaluating and " if self.doing == "training" else ""
+            return (f"Ctrl-C: stopping when {what} ({cannot} cannot be cut short), then {evaluate}"
+                    f"{self._then_save()}.{skip}")
+        if press == 2:
+            return f"Ctrl-C again: no final evaluation; stopping when {what}, then {self._then_save()}."
+        kept = (f"; the checkpoint of step {self.saved_step:,} in {self.out} stays as it is"
+                if self.saved_step is not None else "")
+        return (f"Still stopping when {what}. To quit at once without saving, press Ctrl-\\ or close the "
+                f"terminal{kept}.")
 
 
 def fit(run: Run, *, out_dir: str | os.PathLike | None = None, progress: bool = True,
         log: Callable[[str], None] | None = None) -> History:
     """Trains `run` to its configuration's max_iters with a progress bar, evaluating every eval_interval
-    steps (and saving there, with out_dir). Ctrl-C stops it, evaluates and saves where it stopped."""
+    steps (and saving there, with out_dir). Ctrl-C stops it when the compiled call in progress ends, then it
+    evaluates and saves where it stopped (see _CtrlC); `prepare(..., resume=out_dir)` continues it."""
     import jax
     from tqdm.auto import tqdm
 
     config, history, task = run.config, run.history, run.task
     train_cfg = config.train
     k = run.steps_per_call
-    say = log or tqdm.write
+    say = log if log is not None else _say
     tokens_per_step = train_cfg.batch_size * config.model.block_size
+    out = Path(out_dir) if out_dir is not None else None
+    session_steps, session_seconds = 0, 0.0
 
-    def run_eval() -> None:
-        try:
-            train_loss, eval_loss = (float(v) for v in run.evaluate(
-                run.params, run.train_data, run.eval_data, jax.random.fold_in(run.eval_key, run.step)))
-        except Exception as err:
-            raise TrainingError(explain_model_error(err, task)) from None
-        history.steps.append(run.step)
-        history.train_losses.append(train_loss)
-        history.eval_losses.append(eval_loss)
-        speed = f", {history.tokens_per_second:,.0f} tok/s" if history.tokens_per_second else ""
-        say(f"step {run.step}: train {train_loss:.4f}, eval {eval_loss:.4f}{speed}")
+    with _CtrlC(say, out) as ctrl_c:
 
-    def checkpoint() -> None:
-        if out_dir is not None:
-            save(run, out_dir)
-
-    say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s MiniGPT from {run.impl_label}, "
-        f"{int(run.train_data.shape[0]):,} training tokens, {train_cfg.max_iters:,} steps of "
-        f"{tokens_per_step:,} tokens.")
-    run_eval()
-    bar = tqdm(total=train_cfg.max_iters, unit="step", disable=not progress, dynamic_ncols=True, leave=False)
-    try:
-        while run.step < train_cfg.max_iters:
-            call_started = time.perf_counter()
+        def run_eval() -> None:
+            key = jax.random.fold_in(run.eval_key, run.step)
             try:
-                run.params, run.opt_state, losses = run.train_steps(run.params, run.opt_state, run.train_data,
-                                                                    run.train_key, run.step)
-                losses = np.asarray(losses)  # waits for the computation
-                history.params = run.params
+                train_loss, eval_loss = ctrl_c.run("evaluating", lambda: tuple(
+                    float(v) for v in run.evaluate(run.params, run.train_data, run.eval_data, key)))
             except Exception as err:
                 raise TrainingError(explain_model_error(err, task)) from None
-            seconds = time.perf_counter() - call_started
-            if run.step == 0:
-                history.compile_seconds = seconds
-            else:
-                history.train_seconds += seconds
-                # The first call compiled, so it is left out: `step` counts this call's steps and every
-                # earlier call's but the first's.
-                history.tokens_per_second = run.step * tokens_per_step / history.train_seconds
-            run.step += k
-            history.batch_losses.extend(float(v) for v in losses)
-            if not np.all(np.isfinite(losses)):
-                bad = losses[~np.isfinite(losses)][0]
-                raise TrainingError(f"The training loss became {bad} by step {run.step}: "
-                                    f"lower the learning rate, or look for a log of 0 or a division by 0.")
-            bar.update(k)
-            postfix = {"loss": f"{losses.mean():.4f}"}
-            if history.tokens_per_second:
-                postfix["tok/s"] = f"{history.tokens_per_second:,.0f}"
-            bar.set_postfix(postfix, refresh=False)
-            if run.step % train_cfg.eval_interval == 0 or run.step == train_cfg.max_iters:
+            history.steps.append(run.step)
+            history.train_losses.append(train_loss)
+            history.eval_losses.append(eval_loss)
+            speed = f", {history.tokens_per_second:,.0f} tok/s" if history.tokens_per_second else ""
+            say(f"step {run.step}: train {train_loss:.4f}, eval {eval_loss:.4f}{speed}")
+
+        def checkpoint() -> None:
+            if out is not None:
+                ctrl_c.steps = (run.step, run.step)
+                ctrl_c.run("saving", lambda: save(run, out))
+                ctrl_c.saved_step = run.step
+
+        if run.resumed_from is None:
+            say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s MiniGPT from "
+                f"{run.impl_label}, {int(run.train_data.shape[0]):,} training tokens, {train_cfg.max_iters:,} "
+                f"steps of {tokens_per_step:,} tokens.")
+        else:
+            say(f"Resuming `{config.name}` from {run.resumed_from} at step {run.step:,} of "
+                f"{train_cfg.max_iters:,}: task {task}'s MiniGPT from {run.impl_label}, the same optimiser state "
+                f"and batches.")
+            ctrl_c.saved_step = run.step if out is not None and _same_path(out, Path(run.resumed_from)) else None
+        bar = None
+        try:
+            ctrl_c.steps = (run.step, run.step)
+            if not history.steps or history.steps[-1] != run.step:
                 run_eval()
+            train_steps = None
+            while run.step < train_cfg.max_iters and not ctrl_c.stop:
+                ctrl_c.steps = (run.step, run.step + k)
+                if train_steps is None:
+                    train_steps, history.compile_seconds = _compiled(run, ctrl_c, task)
+                    if ctrl_c.stop:
+                        break
+                    # Made after compiling, so that its steps per second are training's alone.
+                    bar = tqdm(total=train_cfg.max_iters, initial=run.step, unit="step", disable=not progress,
+                               dynamic_ncols=True, leave=False)
+                call_started = time.perf_counter()
+                try:
+                    run.params, run.opt_state, losses = ctrl_c.run("training", lambda: _block(train_steps(
+                        run.params, run.opt_state, run.train_data, run.train_key, run.step)))
+                except Exception as err:
+                    raise TrainingError(explain_model_error(err, task)) from None
+                history.params = run.params
+                seconds = time.perf_counter() - call_started
+                session_steps += k
+                session_seconds += seconds
+                history.train_seconds += seconds
+                history.tokens_per_second = session_steps * tokens_per_step / session_seconds
+                run.step += k
+                history.batch_losses.extend(float(v) for v in losses)
+                if not np.all(np.isfinite(losses)):
+                    bad = losses[~np.isfinite(losses)][0]
+                    raise TrainingError(f"The training loss became {bad} by step {run.step}: "
+                                        f"lower the learning rate, or look for a log of 0 or a division by 0.")
+                bar.update(k)
+                bar.set_postfix({"loss": f"{losses.mean():.4f}",
+                                 "tok/s": f"{history.tokens_per_second:,.0f}"}, refresh=False)
+                if run.step % train_cfg.eval_interval == 0 or run.step == train_cfg.max_iters:
+                    if not ctrl_c.skip_evaluation:
+                        run_eval()
+                    if run.step < train_cfg.max_iters:
+                        checkpoint()
+        except KeyboardInterrupt:  # only where _CtrlC could not take Ctrl-C over (away from the main thread)
+            ctrl_c.presses = max(ctrl_c.presses, 1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+        if run.step < train_cfg.max_iters:
+            history.interrupted = True
+            if not ctrl_c.skip_evaluation and (not history.steps or history.steps[-1] != run.step):
+                run_eval()
+            if ctrl_c.saved_step != run.step and run.step > 0:
                 checkpoint()
-    except KeyboardInterrupt:
-        history.interrupted = True
-        bar.close()
-        if run.step > 0 and (not history.steps or history.steps[-1] != run.step):
-            run_eval()
-        checkpoint()
-        say(f"Interrupted at step {run.step}" + (f"; checkpoint saved in {out_dir}." if out_dir is not None
-                                                  else "."))
+            saved = ""
+            if out is not None and ctrl_c.saved_step == run.step:
+                history.checkpoint, saved = str(out), f"; the checkpoint is in {out}"
+            say(f"Stopped at step {run.step:,} of {train_cfg.max_iters:,}{saved}.")
+        else:
+            checkpoint()
+        history.wall_seconds = run.earlier_wall_seconds + time.perf_counter() - run.started
         return history
-    finally:
-        bar.close()
-    history.wall_seconds = time.perf_counter() - run.started
-    checkpoint()
-    return history
 
 
-def train(config: Config, *, impl: Any = "reference", task: int = 1, text: str | None = None,
+def _say(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+    sys.stdout.flush()  # a log file or a pipe sees each line when it is said, not at the end
+
+
+def _block(result):
+    """Waits for a training call's results; its losses as numpy."""
+    params, opt_state, losses = result
+    return params, opt_state, np.asarray(losses)
+
+
+def _compiled(run: Run, ctrl_c: _CtrlC, task: int):
+    """The training step compiled ahead of time, so that its first call is timed like every other and a run
+    of one call still has a speed; and the seconds compiling took."""
+    started = time.perf_counter()
+    if not hasattr(run.train_steps, "lower"):  # not a jitted function: it compiles on its first call
+        return run.train_steps, 0.0
+    try:
+        compiled = ctrl_c.run("compiling", lambda: run.train_steps.lower(
+            run.params, run.opt_state, run.train_data, run.train_key, run.step).compile())
+    except Exception as err:
+        raise TrainingError(explain_model_error(err, task)) from None
+    return compiled, time.perf_counter() - started
+
+
+def train(config: Config | None, *, impl: Any = None, task: int | None = None, text: str | None = None,
           data_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-          progress: bool = True, steps_per_call: int = 10, log: Callable[[str], None] | None = None
-          ) -> History:
+          progress: bool = True, steps_per_call: int = 10, log: Callable[[str], None] | None = None,
+          resume: str | os.PathLike | None = None, overwrite: bool = False,
+          data_named_by: str = "data_path") -> History:
     """Trains `config` and returns its History; with out_dir, saves checkpoints and history.json there.
-    `prepare`, then `fit` (which calls `save` at each evaluation)."""
-    run = prepare(config, impl=impl, task=task, text=text, data_path=data_path, steps_per_call=steps_per_call)
+    `prepare`, then `fit` (which calls `save` at each evaluation).
+
+    out_dir: never replaces the checkpoint of another run (CheckpointExists) unless overwrite=True.
+    resume: a checkpoint directory whose run to continue (config may then be None); it saves back there
+    unless out_dir names another directory.
+    """
+    from jaxgpt import data
+
+    if resume is not None and out_dir is None:
+        out_dir = resume
+    if text is None:  # first, so that a wrong path is said before anything else
+        text = data.load_text(data_path, named_by=data_named_by)
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite=overwrite, resume=resume)
+    run = prepare(config, impl=impl, task=task, text=text, data_path=data_path, steps_per_call=steps_per_call,
+                  resume=resume, data_named_by=data_named_by)
     return fit(run, out_dir=out_dir, progress=progress, log=log)
 
 
