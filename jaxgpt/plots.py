@@ -1,4 +1,4 @@
-"""Plots for the notebook and the terminal: a loss curve and one head's attention weights.
+"""Plots for the notebook and the terminal: a loss curve, attention weights, gradient norms through depth.
 
 Headless-safe: outside a notebook and without a display, matplotlib draws with Agg, so a plot can always be
 made and saved (`ax.figure.savefig(...)`) on a server or in CI.
@@ -139,3 +139,60 @@ def attention_weights(model, params: Mapping, idx: Any, layer: int = 0, head: in
     wei = q @ k.T * head_size**-0.5  # (T, T)
     wei = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), wei, -jnp.inf)
     return np.asarray(jax.nn.softmax(wei, axis=-1))
+
+
+def plot_attention_row(weights: Any, t: int, tokens: Sequence[Any] | None = None, ax=None,
+                       title: str | None = None):
+    """Row t of a (T, T) causal attention matrix as bars: how much query position t reads from each position s.
+
+    Positions after t (the future, masked out) are drawn as empty outlines at zero. `tokens` (T labels) name
+    the positions. Returns the matplotlib axes.
+    """
+    wei = np.asarray(weights, dtype=np.float64)
+    if wei.ndim != 2 or wei.shape[0] != wei.shape[1]:
+        raise ValueError(f"weights should be one (T, T) matrix, but it has shape {wei.shape}: pick one batch "
+                         "row and one head, e.g. weights[0, head].")
+    T = wei.shape[0]
+    if not 0 <= t < T:
+        raise ValueError(f"t should be a query position between 0 and {T - 1}, but it is {t}.")
+    ax = _new_axes(ax, (max(4.0, 0.45 * T + 1.5), 3.0))
+    positions = np.arange(T)
+    readable = positions <= t
+    ax.bar(positions[readable], wei[t, readable], color="tab:blue", label=f"read by position {t}")
+    if (~readable).any():
+        ax.bar(positions[~readable], np.full((~readable).sum(), 0.02), fill=False, edgecolor="tab:gray",
+               hatch="//", label="the future (masked)")
+    if tokens is not None:
+        labels = [_token_label(token) for token in tokens]
+        if len(labels) != T:
+            raise ValueError(f"tokens has {len(labels)} labels but weights is {T} x {T}.")
+        ax.set_xticks(positions, [f"{s}\n{label}" for s, label in zip(positions, labels)], fontsize=8)
+    else:
+        ax.set_xticks(positions)
+    ax.set_ylim(0.0, max(0.05, float(np.nanmax(wei[t, readable])) * 1.15))
+    ax.set_xlabel("key position s")
+    ax.set_ylabel("weight")
+    ax.set_title(title or f"What position {t} reads: row {t} of the weights (sums to 1)", fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_gradient_norms(norms: Mapping[str, Sequence[float]], ax=None,
+                        title: str = "How much gradient reaches each layer"):
+    """One line per variant: the gradient norm at each layer (layer 0 = the first, nearest the input), on a
+    log scale, so that a constant factor per layer shows as a straight line. Returns the matplotlib axes."""
+    if not isinstance(norms, Mapping) or not norms:
+        raise ValueError("norms should be a dict {label: one gradient norm per layer}, with at least one entry.")
+    ax = _new_axes(ax, (6, 3.5))
+    for label, values in norms.items():
+        values_arr = _numbers(values, f"the norms of {label!r}")
+        if not (np.isfinite(values_arr) & (values_arr > 0)).all():
+            raise ValueError(f"the norms of {label!r} should be positive numbers (a log scale shows them).")
+        ax.plot(np.arange(len(values_arr)), values_arr, "o-", markersize=3, label=str(label))
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (0 = nearest the input)")
+    ax.set_ylabel("gradient norm")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return ax
