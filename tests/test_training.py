@@ -574,3 +574,25 @@ def test_terminal_ctrl_c_then_resume(tmp_path):
     assert second in (30, 40) and checkpoint.load(out)[3]["step"] == second
     history = json.loads((out / "history.json").read_text())
     assert history["steps"] == list(range(0, second + 1, 10)) and len(history["batch_losses"]) == second
+
+
+def test_weight_decay_spares_biases_and_norms_by_name():
+    """AdamW decays kernels and embeddings only: Flax's attention biases are 2-D, so `ndim >= 2` would decay them."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxgpt import contract
+    from jaxgpt.training import configs, loop
+
+    shapes = contract.model_shapes(vocab_size=11, block_size=7, n_embd=12, n_head=3, n_layer=1)
+    params = jax.tree_util.tree_map(lambda shape: jnp.ones(shape), shapes, is_leaf=lambda x: isinstance(x, tuple))
+    train = configs.get_config("micro").train
+    tx = loop.make_optimizer(dataclasses.replace(train, grad_clip=0.0, weight_decay=0.5))
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    moved = {jax.tree_util.keystr(path): bool(jnp.any(u != 0))
+             for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    for path, decays in moved.items():
+        assert decays == (path.endswith("['kernel']") or path.endswith("['embedding']")), path
+    assert any(path.endswith("['attn']['query']['bias']") for path in moved)

@@ -189,8 +189,11 @@ def make_optimizer(train: TrainConfig):
 
     learning_rate = learning_rate_schedule(train)
 
-    def decayed(params):  # as nanoGPT: weight matrices and embeddings decay; biases and LayerNorms do not
-        return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    def decayed(params):
+        # Weight matrices and embeddings decay; biases and LayerNorm scales do not. By name, not nanoGPT's
+        # `ndim >= 2`: Flax's attention biases are (n_head, head_size) and would decay (task 1's lesson).
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: getattr(path[-1], "key", None) in ("kernel", "embedding"), params)
 
     adamw = optax.adamw(learning_rate, b1=0.9, b2=train.beta2, weight_decay=train.weight_decay, mask=decayed)
     if train.grad_clip > 0:
