@@ -124,8 +124,8 @@ def test_verdict_points_each_failing_check_to_its_rung_once():
         runner.CheckResult("Dropout acts on the attention weights", Status.FAILED, dropout),
     ).text()
     pointer2, pointer3 = hints.pointer(task_list.get_task(3), 2), hints.pointer(task_list.get_task(3), 3)
-    assert pointer2 == ("→ Hint 2 of task 3 is about this: hint(3, 2) in the notebook, `jaxgpt hint 3` in a "
-                        "terminal.")
+    assert pointer2 == ("→ Hint 2 of task 3 is about this: hint(3, 2) in the notebook, `jaxgpt hint 3 2` in "
+                        "a terminal.")
     lines = text.splitlines()
     assert lines.count("      " + pointer2) == 1 and lines.count("      " + pointer3) == 1, text
     likely_cause = lines.index("        Likely cause: the scores are scaled by C ** -0.5.")

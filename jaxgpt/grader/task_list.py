@@ -67,6 +67,12 @@ TASKS: tuple[Task, ...] = (
     Task(7, "training", "The loss, a jitted training step and evaluation",
          ("cross_entropy", "create_train_state", "train_step", "evaluate", "train"), 45, 2),
     Task(8, "generate", "Sampling: temperature, top-k and a jittable loop", ("generate", "generate_jit"), 45, 3),
+    Task(9, "scan_layers", "The stack of blocks as one scanned layer",
+         ("stack_layers", "unstack_layers", "ScannedMiniGPT"), 40, 3, builds_on=(1,)),
+    Task(10, "scan_training", "The training loop as one scan, and a learning-rate sweep with vmap",
+         ("train_scan", "sweep_learning_rates"), 45, 3, builds_on=(7,)),
+    Task(11, "kv_cache", "Generation with a cache of past keys and values", ("CachedMiniGPT", "generate_cached"),
+         50, 3, builds_on=(1,)),
 )
 
 BY_NUMBER = {t.number: t for t in TASKS}

@@ -7,7 +7,8 @@
 The notebook, top to bottom: lessons/intro.md; a set-up cell; lessons/part0_warmup.md; then for every task
 of jaxgpt.grader.task_list.TASKS a heading, its lesson, its stub (tasks/taskNN_<slug>.py without the module docstring
 and without single-line relative imports: earlier tasks' names are notebook globals), a check cell and a
-hint cell, with lessons/partN.md before the first task of each part and an optional milestone after task 1;
+hint cell, then the part of its lesson after a line `<!-- after the check -->` if it has one (cells that run
+the learner's finished code), with lessons/partN.md before the first task of each part and an optional milestone after task 1;
 lessons/finale.md last. In the markdown files, a fenced block whose info string is exactly `python run`
 becomes a code cell, and `![alt](pictures/x.png)` becomes a cell attachment, so pictures show in Colab
 without the repository's files.
@@ -42,10 +43,11 @@ INTRO = task_list.LESSONS_DIR / "intro.md"
 WARMUP = task_list.LESSONS_DIR / "part0_warmup.md"
 FINALE = task_list.LESSONS_DIR / "finale.md"
 # The part introduction shown before the first task of each part.
-PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md"}
+PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md", 9: "part4.md"}
 MILESTONE_AFTER_TASK = 1
 
 RUN_FENCE = "```python run"
+AFTER_THE_CHECK = "<!-- after the check -->"
 _FENCE = re.compile(r"^(`{3,}|~{3,})")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\((?:\.\./)?(pictures/[^)\s]+\.png)\)")
 _RELATIVE_IMPORT = re.compile(r"^from \.\w+ import [\w, ]+\s*$")
@@ -178,8 +180,8 @@ class _Builder:
     def code(self, cell_id: str, source: str) -> None:
         self.cells.append(self.nbformat.v4.new_code_cell(source, id=cell_id))
 
-    def lesson(self, prefix: str, path: Path) -> None:
-        text = self.read(path)
+    def lesson(self, prefix: str, path: Path, text: str | None = None) -> None:
+        text = self.read(path) if text is None else text
         if text is None:
             if self.allow_missing:
                 self.markdown(f"{prefix}-missing", f"*({_display(path)} is not written yet.)*")
@@ -193,6 +195,13 @@ class _Builder:
                 self.code(f"{prefix}-{i:02d}", source)
             else:
                 self.markdown(f"{prefix}-{i:02d}", source)
+
+
+def split_at_check(lesson: str) -> tuple[str, str]:
+    """A lesson's text before its stub and check cells, and the text after them: what follows a line
+    `<!-- after the check -->` (cells that run the learner's finished code, which must be defined first)."""
+    before, marker, after = lesson.partition(AFTER_THE_CHECK)
+    return before.rstrip() + "\n", after.strip() + "\n" if marker and after.strip() else ""
 
 
 def build(solutions: bool = False, allow_missing: bool = False):
@@ -212,7 +221,9 @@ def build(solutions: bool = False, allow_missing: bool = False):
         if n in PART_BEFORE_TASK:
             b.lesson(f"part-before-{tag}", task_list.LESSONS_DIR / PART_BEFORE_TASK[n])
         b.markdown(f"{tag}-heading", task_heading(task))
-        b.lesson(f"{tag}-lesson", task.lesson_file)
+        lesson = b.read(task.lesson_file)
+        before, after = split_at_check(lesson) if lesson is not None else (None, None)
+        b.lesson(f"{tag}-lesson", task.lesson_file, before)
         code_path = code_dir / f"{task.stem}.py"
         code = b.read(code_path)
         if code is not None:
@@ -222,6 +233,8 @@ def build(solutions: bool = False, allow_missing: bool = False):
         b.code(f"{tag}-check", f"check({n})")
         b.markdown(f"{tag}-hint-note", "Stuck? Uncomment and run for the next hint.")
         b.code(f"{tag}-hint", f"# hint({n})")
+        if after:
+            b.lesson(f"{tag}-after", task.lesson_file, after)
         if n == MILESTONE_AFTER_TASK:
             b.markdown("milestone-note", MILESTONE_NOTE)
             b.code("milestone", milestone_cell())
