@@ -210,7 +210,7 @@ def _words(said: str) -> str:
 def notebook(tasks, repeats, tmp: Path, result, think_s: float) -> None:
     try:
         from jupyter_client import KernelManager  # noqa: F401
-        from jaxgpt import notebook as nb_builder
+        from jaxgpt.notebook import build as nb_builder
     except ImportError as err:
         result["notes"].append(f"notebook figures skipped: {err}")
         print(result["notes"][-1], flush=True)
