@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 TARGETS_S = {"cold": 5.0, "warm": 3.0, "notebook": 2.0}
@@ -458,14 +460,7 @@ class _Output:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {}
     for package in ("jax", "jaxlib", "flax", "optax", "pytest", "cloudpickle"):
         try:

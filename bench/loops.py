@@ -23,18 +23,10 @@ import platform
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 CORPUS = Path("/work/shared/data/tinyshakespeare/input.txt")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def compile_seconds(model, batch_size: int, block_size: int) -> float:

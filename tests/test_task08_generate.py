@@ -622,22 +622,8 @@ def test_generate_same_tokens_as_reference(impl, reference):
 
 def _loop_size(jaxpr):
     """(primitive names, number of equations) of a jaxpr and every jaxpr nested in it."""
-    names, count = set(), 0
-
-    def walk(j):
-        nonlocal count
-        for eqn in j.eqns:
-            count += 1
-            names.add(eqn.primitive.name)
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    if hasattr(sub, "eqns"):
-                        walk(sub)
-                    elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                        walk(sub.jaxpr)
-
-    walk(jaxpr.jaxpr)
-    return names, count
+    eqns = [eqn for eqn, _ in checks.program_equations(jaxpr.jaxpr)]
+    return {eqn.primitive.name for eqn in eqns}, len(eqns)
 
 
 def test_generate_jit_counts_up(impl):

@@ -82,18 +82,10 @@ def _run(who, fn, *args, **kwargs):
         raise
 
 
-def _walk(jaxpr, ancestors=()):
+def _walk(jaxpr):
     """(equation, the loop lengths around it) for every equation of a jaxpr and of the jaxprs nested in it."""
-    for eqn in jaxpr.eqns:
-        yield eqn, ancestors
-        length = _loop_length(eqn)
-        inner = ancestors + ((length,) if length is not None else ())
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(sub, "eqns"):
-                    yield from _walk(sub, inner)
-                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    yield from _walk(sub.jaxpr, inner)
+    for eqn, around in checks.program_equations(jaxpr):
+        yield eqn, tuple(length for outer in around if (length := _loop_length(outer)) is not None)
 
 
 def _loop_length(eqn):

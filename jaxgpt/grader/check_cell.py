@@ -29,9 +29,9 @@ def check(task: int, namespace: Mapping[str, Any] | None = None, timeout_s: floa
     print(verdict.text())
     if verdict.stopped:
         raise KeyboardInterrupt("the check was stopped")
-    following = [t for t in task_list.TASKS if t.number > verdict.task.number]
+    following = task_list.next_task(verdict.task)
     if verdict.passed and following:  # the learner moves on: the next task's first check will be quick
-        worker.default_grader().warm(following[0], after_s=WARM_AFTER_S)
+        worker.default_grader().warm(following, after_s=WARM_AFTER_S)
     return _Quiet(verdict)
 
 

@@ -5,7 +5,7 @@ Task suites use these rather than bare `assert`, so a failure reads as a sentenc
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -192,3 +192,17 @@ def learner_function(fn: Any, name: str, positional: tuple[str, ...], keywords: 
         wanted = ", ".join(positional + tuple(f"{k}=..." for k in keywords))
         fail(f"{name} should accept ({wanted}), as the lesson says, but it is defined as {name}{signature}.")
     return fn
+
+
+def program_equations(jaxpr: Any, around: tuple = ()) -> Iterator[tuple[Any, tuple]]:
+    """Every equation of a jaxpr (`jax.make_jaxpr(f)(...).jaxpr`) and of the jaxprs nested in it (loop bodies,
+    branches, inner jits), each with the equations that enclose it, outermost first: a compiled program's
+    operations and loops, for the checks that grade what a function compiles to rather than its wrapper."""
+    for eqn in jaxpr.eqns:
+        yield eqn, around
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns"):
+                    yield from program_equations(sub, around + (eqn,))
+                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    yield from program_equations(sub.jaxpr, around + (eqn,))

@@ -262,7 +262,7 @@ def serve(path: Path) -> int:
                 connection, _ = listener.accept()
             except socket.timeout:
                 if to_warm is not None:
-                    _warm(grader, to_warm)
+                    grader.warm(to_warm)  # the next task's first check finds the worker ready for it
                     to_warm = None
                 elif fingerprint() != own_print:
                     return 0  # the harness or the suites changed: a fresh server answers from now on
@@ -273,7 +273,7 @@ def serve(path: Path) -> int:
                 answered = _answer(connection, grader)
                 if answered is False:
                     return 0
-                to_warm = _next_task(answered)
+                to_warm = task_list.next_task(answered) if answered else None
             except KeyboardInterrupt:
                 pass
             finally:
@@ -286,20 +286,6 @@ def serve(path: Path) -> int:
             path.unlink()
         listener.close()
     return 0
-
-
-def _next_task(checked: task_list.Task | None) -> task_list.Task | None:
-    if checked is None:
-        return None
-    later = [t for t in task_list.TASKS if t.number > checked.number and t.test_file.exists()]
-    return later[0] if later else None
-
-
-def _warm(grader: worker.Grader, task: task_list.Task) -> None:
-    """Grades the reference on `task` once, unseen, so that the learner's first check of it finds the
-    suite's imports, the reference's compiled programs and JAX's per-shape caches ready in the worker."""
-    with contextlib.suppress(Exception):
-        grader.grade(task, "reference", timeout_s=runner.DEFAULT_TIMEOUT_S)
 
 
 def _answer(connection: socket.socket, grader: worker.Grader) -> task_list.Task | bool | None:

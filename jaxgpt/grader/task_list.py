@@ -93,3 +93,9 @@ def task_of_module(module_name: str) -> Task | None:
         if stem == task.stem:
             return task
     return None
+
+
+def next_task(task: Task) -> Task | None:
+    """The task after `task` in the list (where a learner goes next), or None after the last."""
+    later = [t for t in TASKS if t.number > task.number]
+    return later[0] if later else None

@@ -629,12 +629,17 @@ def serve() -> int:
             send(answers, ("warmed", request["task"]))
 
 
-def _serve_one(request: dict, answers: BinaryIO) -> None:
+def _enter(request: dict) -> None:
+    """Imports and relative paths resolve as in the process that sent the request."""
     for entry in request.get("sys_path", []):
         if entry not in sys.path:
             sys.path.append(entry)
     if request.get("cwd") and os.path.isdir(request["cwd"]):
         os.chdir(request["cwd"])
+
+
+def _serve_one(request: dict, answers: BinaryIO) -> None:
+    _enter(request)
     linecache.cache.update(request.get("linecache") or {})
     try:
         impl = _implementation(request["impl"])
@@ -658,11 +663,7 @@ def _serve_one(request: dict, answers: BinaryIO) -> None:
 
 
 def _warm_one(request: dict) -> None:
-    for entry in request.get("sys_path", []):
-        if entry not in sys.path:
-            sys.path.append(entry)
-    if request.get("cwd") and os.path.isdir(request["cwd"]):
-        os.chdir(request["cwd"])
+    _enter(request)
     try:
         runner.run_suite(request["task"], "reference", runner.DEFAULT_TIMEOUT_S)
     except Exception:  # a warm-up is a courtesy: the learner's own check reports whatever is wrong
