@@ -182,13 +182,18 @@ def test_parameter_tree(impl, idx):
     shapes = checks.tree_shapes(got)
     unstacked = shapes.get("params/blocks/ln1/scale") == (C,)
     per_layer = any(k.startswith("params/blocks_") for k in shapes)
+    layers = {shape[0] for k, shape in shapes.items() if k.startswith("params/blocks/") and shape}
+    other_depth = (len(layers) == 1 and not unstacked and layers != {L}
+                   and shapes.get("params/blocks/ln1/scale") == (next(iter(layers)), C))
     try:
         checks.assert_tree(got, expected, "ScannedMiniGPT's parameter tree")
     except checks.CheckFailed as err:
         why = ("the blocks' parameters have no layer axis, so one block's parameters serve every layer (nn.scan "
                "with variable_broadcast='params'): give them one slice per layer, variable_axes={'params': 0}."
                if unstacked else "the blocks are separate modules, blocks_0, blocks_1, ...: that is the unrolled "
-               "model. Run one Block, named 'blocks', through nn.scan over stacked parameters." if per_layer else None)
+               "model. Run one Block, named 'blocks', through nn.scan over stacked parameters." if per_layer else
+               f"every stacked leaf has {next(iter(layers))} layers where n_layer={L}: the scan's length is not "
+               "self.n_layer (a number typed in?). Scan length=self.n_layer." if other_depth else None)
         checks.fail(str(err) + (f"\n  Likely cause: {why}" if why else ""))
 
 
@@ -319,14 +324,7 @@ def test_unrolled_weights_round_trip(impl, idx):
 
 
 def _walk(jaxpr):
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(sub, "eqns"):
-                    yield from _walk(sub)
-                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    yield from _walk(sub.jaxpr)
+    return (eqn for eqn, _ in checks.program_equations(jaxpr))
 
 
 NO_DROPOUT_RNG = ("inside the scan the layers get no 'dropout' RNG (Flax: \"needs PRNG for 'dropout'\"): nn.scan "

@@ -513,6 +513,8 @@ HASH_CASES = (
     (_PROMPTS.integers(0, HASH_VOCAB, (1, 1)), 9, 0.8, 4),
     (_PROMPTS.integers(0, HASH_VOCAB, (3, HASH_BLOCK)), 4, 1.3, None),
     (_PROMPTS.integers(0, HASH_VOCAB, (3, 7)), 3, 1.0, 3),
+    # a high temperature over many draws, so that a temperature left out of any step changes tokens
+    (_PROMPTS.integers(0, HASH_VOCAB, (2, 3)), 12, 2.5, None),
 )
 
 
@@ -645,17 +647,21 @@ def _sentinel_text(got, T):
             "the sequence outgrows block_size, recompute the cache from the last block_size tokens at position 0.")
 
 
-def _task8_tokens(logits_of, prompt, key, max_new_tokens, block_size, temperature=1.0, top_k=None, keys="lesson"):
+def _task8_tokens(logits_of, prompt, key, max_new_tokens, block_size, temperature=1.0, top_k=None, keys="lesson",
+                 later_temperature=None):
     """Task 8's tokens, written out step by step: each step's window is the last block_size tokens, logits_of(window)
     gives its last position's logits (B, V), and the lesson's recipe samples (key, subkey = jax.random.split(key);
     logits / temperature; the top_k largest kept; jax.random.categorical(subkey, logits)). Also returns the
     smallest gap between the best and the second-best Gumbel-perturbed score over all steps (categorical is the
     argmax of logits plus Gumbel noise drawn from subkey): how far the case is from a tie that rounding could flip.
-    `keys` replays the known key mistakes: "same", "carried", "after_use"."""
+    `keys` replays the known key mistakes: "same", "carried", "after_use"; `later_temperature` the temperature
+    used after the first token (a loop that forgets the one the prefill was given)."""
     seq = np.asarray(prompt)
     closest = np.inf
     first = key
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        if step == 1 and later_temperature is not None:
+            temperature = later_temperature
         if keys == "lesson":
             key, subkey = jax.random.split(key)
         elif keys == "same":  # the key it was given, at every step
@@ -697,6 +703,8 @@ SAMPLING_MISTAKES = (
     (dict(keys="after_use"), "each token is sampled with the key itself, which is then split for the next step: split "
                              "first, key, subkey = jax.random.split(key), and sample with subkey."),
     (dict(temperature=1.0), "the temperature is not applied: divide the logits by it before sampling, as in task 8."),
+    (dict(later_temperature=1.0), "the temperature is applied to the prefill's token only: the loop samples every "
+                                  "later token at temperature 1. Pass temperature to every step's sampling."),
     (dict(top_k=None), "top_k is ignored: keep only the top_k largest logits, as in task 8."),
 )
 
@@ -777,6 +785,28 @@ def _minigpt_last_logits(reference):
     return logits_of
 
 
+def _sliding_cache_tokens(cached_model, idx, key, max_new_tokens, temperature=1.0, top_k=None):
+    """The tokens of a loop that, past block_size, rolls the cache left by one slot and feeds the newest token at
+    slot block_size - 1 (keys keep the positions they were computed at), on `cached_model` with _params(), with the
+    lesson's keys and sampling: the known way to slide a cache that task 8's tokens rule out."""
+    params = {"params": _params()}
+    seq = np.asarray(idx)
+    logits, cache = cached_model.apply(params, jnp.asarray(seq[:, -S:]), cached_model.init_cache(seq.shape[0]), 0)
+    for step in range(max_new_tokens):
+        if step:
+            length = seq.shape[1]
+            newest = jnp.asarray(seq[:, -1:])
+            if length <= S:
+                logits, cache = cached_model.apply(params, newest, cache, length - 1)
+            else:
+                cache = jax.tree_util.tree_map(lambda c: jnp.roll(c, -1, axis=1), cache)
+                logits, cache = cached_model.apply(params, newest, cache, S - 1)
+        key, subkey = jax.random.split(key)
+        new, _ = _lesson_sample(jnp.asarray(logits[:, -1, :], jnp.float32), subkey, temperature, top_k)
+        seq = np.concatenate([seq, np.asarray(new)[:, None].astype(seq.dtype)], axis=1)
+    return seq
+
+
 def test_generate_cached_on_cached_minigpt_equals_task8(impl, reference):
     """generate_cached on CachedMiniGPT gives exactly task 8's reference tokens on MiniGPT with the same parameters,
     key, temperature and top-k, across block_size (a prompt of 1 token in a batch of one, of block_size in 3)"""
@@ -805,11 +835,14 @@ def test_generate_cached_on_cached_minigpt_equals_task8(impl, reference):
             why = ("the reference loop on your CachedMiniGPT gives these tokens too: the model is where they part (see "
                    "the checks of its calls).")
         elif gives_these_tokens(fn, reference_model):
+            sliding = _sliding_cache_tokens(reference_model, idx, key, max_new_tokens, **options)
             why = ("your generate_cached gives these tokens with the reference CachedMiniGPT too: the loop is where they "
-                   "part" + (", and it passes on the hash model, whose cache holds tokens rather than keys computed at "
-                             "a position: past block_size every position shifts, so keys cached at their old positions "
-                             "are stale. Recompute the cache from the last block_size tokens at position 0."
-                             if column > S else "."))
+                   "part" + (": past block_size it keeps the keys cached at their old positions (rolling the cache "
+                             "and feeding the newest token at the last slot gives exactly these tokens), but every "
+                             "position shifts as the window slides, so those keys are stale. Recompute the cache from "
+                             "the last block_size tokens at position 0." if np.array_equal(sliding, got) else
+                             f" (at column {column}, past block_size = {S}, where the lesson's loop recomputes the "
+                             "cache from the last block_size tokens at position 0)." if column > S else "."))
         if why is None and gap < 1e-4:
             why = (f"two Gumbel-perturbed scores lie {gap:.1e} apart in this case, so rounding in the logits can "
                    "change a token: tell the maintainers, this case needs another key.")
@@ -825,22 +858,9 @@ def test_generate_cached_on_cached_minigpt_equals_task8(impl, reference):
 
 
 def _loop_size(jaxpr):
-    names, count = set(), 0
-
-    def walk(j):
-        nonlocal count
-        for eqn in j.eqns:
-            count += 1
-            names.add(eqn.primitive.name)
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    if hasattr(sub, "eqns"):
-                        walk(sub)
-                    elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                        walk(sub.jaxpr)
-
-    walk(jaxpr.jaxpr)
-    return names, count
+    """(primitive names, number of equations) of a jaxpr and every jaxpr nested in it."""
+    eqns = [eqn for eqn, _ in checks.program_equations(jaxpr.jaxpr)]
+    return {eqn.primitive.name for eqn in eqns}, len(eqns)
 
 
 def test_generate_cached_is_one_compiled_loop(impl):
