@@ -10,7 +10,7 @@ before 'blocks_2' shows); the traced program (one scan whose program does not gr
 rematerialised block in the gradient's program exactly when remat=True; no scan unrolled into one copy per
 layer); dropout by what each site outside the scan drops, by the rate and mode of every site inside it, by the
 number of sites per layer (your own Block's, run alone), and by the masks of the layers (recorded inside the
-scan with an ordered debug callback), which must differ from layer to layer.
+scan with a pure callback), which must differ from layer to layer.
 
 Sizes as in tasks 1 and 6: all different (vocab 13, block_size 37, n_embd 24, 3 heads of 8, batch 2), 3 layers
 (the first, a middle and the last differ), T = 1, 5 and block_size, a batch of one, dropout_rate 0.37.
@@ -426,7 +426,7 @@ def test_remat_same_gradients(impl, stacked, idx):
 
 def _dropout_record(model, variables, idx):
     """Every nn.Dropout call in training mode: (path, rate, deterministic, value or None inside the scan), and
-    the masks each call drew, in call order (recorded from inside the scan with a debug callback)."""
+    the masks each call drew, in call order (recorded from inside the scan with a pure callback)."""
     import flax.linen as nn
 
     calls, masks = [], []
@@ -451,8 +451,15 @@ def _dropout_record(model, variables, idx):
         index = len(calls)
         calls.append((path, float(mod.rate), bool(flag), value, "dropout"))
         out = next_fun(*args, **kwargs)
-        jax.debug.callback(lambda dropped, i=index: masks.append((i, np.asarray(dropped))), out == 0, ordered=True)
-        return out
+
+        def record(dropped, i=index):
+            masks.append((i, np.asarray(dropped)))
+            return np.zeros((), out.dtype)
+
+        # A pure callback whose (zero) result the output depends on, not an effectful debug callback: the newer
+        # Flax traces a scan's body once more to find its broadcast variables and refuses any effect that
+        # depends on the body's inputs; the data dependency alone keeps the call in the program, in layer order.
+        return out + jax.pure_callback(record, jax.ShapeDtypeStruct((), out.dtype), out == 0)
 
     with nn.intercept_methods(intercept):
         model.apply(variables, idx, deterministic=False, rngs={"dropout": jax.random.key(5)})
@@ -530,16 +537,13 @@ def test_dropout(impl, stacked, idx, remat):
                     + ("there is an extra dropout in the scanned step, besides the Block's own (the blocks' output "
                        "goes on to the next layer as it is)." if sites > own else
                        "some of the Block's dropouts do not run inside the scan."))
-    drawn = [m for i, m in masks if i in set(inside)]
-    per_layer = len(drawn) // L if drawn and len(drawn) % L == 0 else 0
-    if per_layer:
-        # Call order inside a scan: layer 0's sites, then layer 1's, ...; the same site in two layers must differ.
-        for site in range(per_layer):
-            layer_masks = [drawn[layer * per_layer + site] for layer in range(L)]
-            if all(np.array_equal(layer_masks[0], m) for m in layer_masks[1:]):
-                checks.fail(f"with remat={remat}, every layer drops exactly the same units (dropout site "
-                            f"`{calls[inside[site % len(inside)]][0]}`): the 'dropout' RNG is not split across the "
-                            "layers. Add it to the scan's split_rngs: split_rngs={'params': True, 'dropout': True}.")
+    # A site traced inside the scan runs once per layer: its masks, one per layer, must not all be the same.
+    for site in inside:
+        layer_masks = [m for i, m in masks if i == site]
+        if len(layer_masks) > 1 and all(np.array_equal(layer_masks[0], m) for m in layer_masks[1:]):
+            checks.fail(f"with remat={remat}, every layer drops exactly the same units (dropout site "
+                        f"`{calls[site][0]}`): the 'dropout' RNG is not split across the layers. Add it to the "
+                        "scan's split_rngs: split_rngs={'params': True, 'dropout': True}.")
     # One compiled program for three keys: the same key twice, then another.
     keys = jnp.stack([jax.random.key(k) for k in (3, 3, 4)])
     logits = np.asarray(jax.jit(jax.vmap(lambda k: model.apply({"params": stacked}, x, deterministic=False,
