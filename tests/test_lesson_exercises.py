@@ -214,3 +214,20 @@ def test_gradient_fades_through_depth_only_without_residuals():
     plain, residual = namespace["gradient_norms"]["x = f(x)"], namespace["gradient_norms"]["x = x + f(x)"]
     assert plain[0] / plain[-1] < 1e-6, plain
     assert 0.5 < residual[0] / residual[-1] < 2 and min(residual) > 0.5 * max(residual), residual
+
+
+def test_plain_function_gpt_gives_the_flax_models_logits(tmp_path, monkeypatch):
+    """The aside after task 6: the model as plain functions over task 6's parameter tree gives its logits."""
+    import re
+
+    from jaxgpt.grader import implementation
+
+    monkeypatch.chdir(tmp_path)  # no checkpoints/tiny here: the aside initialises the weights itself
+    reference = implementation.resolve("reference").for_task(task_list.BY_NUMBER[6])
+    namespace = {"MiniGPT": reference.MiniGPT}
+    cells = code_cells("aside_pure_functions.md")
+    assert len(cells) == 2, "the aside should have its functions cell and its comparison cell"
+    run(cells[0], namespace)
+    printed = run(cells[1], namespace)
+    found = re.search(r"plain functions: ([0-9.e+-]+)", printed)
+    assert found and float(found.group(1)) < 1e-4, printed

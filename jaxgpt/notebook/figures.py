@@ -1,0 +1,108 @@
+"""Measured figures quoted in prose, rendered from `bench/results/*.json` so no time or loss is typed by hand.
+
+A quoted figure is written in a markdown source (README.md, lessons/*.md) between two markers:
+
+    eval loss **<!--fig:train_tiny.eval_loss-->1.56<!--/fig-->** after ...
+
+The markers are HTML comments, invisible where the markdown is shown. `python -m jaxgpt.notebook` rewrites
+what lies between them from the benchmark's latest results, in README.md and the lessons, before it builds
+the notebook; `--check` (and the test suite) call a source stale when a quoted figure differs from its
+result. A figure is named `<result file stem>.<what>`; `FIGURES` says how each is rendered. Re-running a
+benchmark and then the builder updates every place that quotes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from jaxgpt.grader import task_list
+
+RESULTS_DIR = task_list.REPO_ROOT / "bench" / "results"
+README = task_list.REPO_ROOT / "README.md"
+MARKED = re.compile(r"<!--fig:(?P<name>[\w.]+)-->(?P<body>.*?)<!--/fig-->", re.S)
+
+
+class FigureError(Exception):
+    """A marker names a figure that no rule or no result provides; the message says which and where."""
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}"
+
+
+def _curve_table(result: dict[str, Any]) -> str:
+    rows = ["| step | train loss | eval loss |", "|---|---|---|"]
+    for step, train, evaluation in zip(result["steps"], result["train_losses"], result["eval_losses"]):
+        rows.append(f"| {step:,} | {train:.2f} | {evaluation:.2f} |")
+    return "\n\n" + "\n".join(rows) + "\n\n"
+
+
+def _sample(result: dict[str, Any]) -> str:
+    return "\n\n```\n" + result["sample"].strip("\n") + "\n```\n\n"
+
+
+# name -> (result file stem, how the figure reads from that result)
+FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "train_tiny.minutes": ("train_tiny", lambda r: _minutes(r["wall_seconds"])),
+    "train_tiny.eval_loss": ("train_tiny", lambda r: f"{r['final_eval_loss']:.2f}"),
+    "train_tiny.tokens_per_second": ("train_tiny", lambda r: f"{r['tokens_per_second']:,.0f}"),
+    "train_tiny.n_params": ("train_tiny", lambda r: f"{r['n_params']:,}"),
+    "train_tiny.max_steps": ("train_tiny", lambda r: f"{r['steps'][-1]:,}"),
+    "train_tiny.cpus": ("train_tiny", lambda r: f"{r['machine']['cpus']}"),
+    "train_tiny.curve_table": ("train_tiny", _curve_table),
+    "train_tiny.sample": ("train_tiny", _sample),
+}
+
+
+def results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """Every benchmark result, by file stem."""
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.json"))}
+
+
+def figure(name: str, found: dict[str, dict[str, Any]], where: str = "") -> str:
+    place = f" in {where}" if where else ""
+    if name not in FIGURES:
+        raise FigureError(f"the marker <!--fig:{name}-->{place} names no figure; jaxgpt/notebook/figures.py "
+                          f"knows {', '.join(sorted(FIGURES))}.")
+    stem, read = FIGURES[name]
+    if stem not in found:
+        raise FigureError(f"the figure {name}{place} comes from bench/results/{stem}.json, which does not exist: "
+                          "run its benchmark in bench/ first.")
+    return read(found[stem])
+
+
+def render(text: str, found: dict[str, dict[str, Any]], where: str = "") -> str:
+    """`text` with every marked figure replaced by its value from `found`."""
+    return MARKED.sub(lambda m: f"<!--fig:{m['name']}-->{figure(m['name'], found, where)}<!--/fig-->", text)
+
+
+def quoting_sources() -> list[Path]:
+    """The markdown files that may quote figures: the README and every lesson."""
+    return [README, *sorted(task_list.LESSONS_DIR.glob("*.md"))]
+
+
+def stale_sources(found: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+    """The sources whose quoted figures differ from the results."""
+    found = results() if found is None else found
+    return [path for path in quoting_sources() if path.is_file()
+            and render(text := path.read_text(encoding="utf-8"), found, _display(path)) != text]
+
+
+def refresh(found: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+    """Rewrites every stale source in place; returns those it changed."""
+    found = results() if found is None else found
+    changed = []
+    for path in stale_sources(found):
+        path.write_text(render(path.read_text(encoding="utf-8"), found, _display(path)), encoding="utf-8")
+        changed.append(path)
+    return changed
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(task_list.REPO_ROOT))
+    except ValueError:
+        return str(path)
