@@ -1,4 +1,4 @@
-"""The `jaxgpt` command: progress, check, hint, train, sample.
+"""The `jaxgpt` command: progress, check, hint, train, sample, play.
 
     jaxgpt progress                      one line per task: passed, N of M checks, not started, blocked
     jaxgpt check 3 [-v]                  grade task 3 (tasks/task03_head.py); exit 0 when every check passes
@@ -6,6 +6,7 @@
     jaxgpt hint 3                        the next hint for task 3
     jaxgpt train --config tiny           train your task 1 MiniGPT (--impl reference for the reference's)
     jaxgpt sample --checkpoint checkpoints/tiny --prompt "ROMEO:"
+    jaxgpt play --checkpoint checkpoints/tiny          a page in your browser to play with it
 
 Whatever goes wrong on the learner's side (an unfinished task, a bad path, a damaged checkpoint, a prompt
 with unknown characters) is said in a sentence on stderr with a non-zero exit code, never a traceback.
@@ -110,8 +111,13 @@ def _parser() -> argparse.ArgumentParser:
                     "never interrupted.\n\n"
                     "A directory that holds the checkpoint of another run is never replaced unless you add\n"
                     "--overwrite. It is refused rather than renamed, so that checkpoints/tiny always names the\n"
-                    "run you think it does when you sample from it; each kind of run has its own default.")
-    p.add_argument("--config", default=None, help="tiny (a laptop CPU, ~8 min; the default), challenge, video "
+                    "run you think it does when you sample from it; each kind of run has its own default.\n\n"
+                    "At scale (Part 5): --precision bfloat16, --accumulate N, --mesh D or DxM and --fsdp change\n"
+                    "how a step is computed, not which batches it sees: --batch-size is always the sequences of\n"
+                    "one optimiser step, split into N micro-batches and over the mesh's D devices. They are\n"
+                    "saved with the checkpoint and kept by --resume. The first lines of a run say how each\n"
+                    "step is computed: its batch, tokens, micro-batches, precision and devices.")
+    p.add_argument("--config", default=None, help="tiny (a laptop CPU, minutes; the default), challenge, video "
                    "(a GPU), micro (seconds); with --resume, the checkpoint's")
     p.add_argument("--impl", default=None, help=impl_help.replace("the default", "the default; with --resume, "
                                                                   "the code that trained the checkpoint"))
@@ -128,6 +134,27 @@ def _parser() -> argparse.ArgumentParser:
                         "save, not before)")
     p.add_argument("--max-iters", type=int, default=None, help="override the configuration's step count")
     p.add_argument("--eval-interval", type=int, default=None, help="override how often to evaluate")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="override the sequences of one optimiser step: the whole batch of a step, which "
+                        "--accumulate and --mesh split, never one micro-batch or one device's share")
+    p.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
+                   help="float32 (the default), or bfloat16: the forward and backward passes run on a bfloat16 "
+                        "copy of the parameters, so the model's matmuls, activations and (in Flax's attention "
+                        "layer) its attention softmax compute in bfloat16; the logits are cast to float32 for "
+                        "the loss, and the parameters, gradients and optimiser moments stay float32. "
+                        "Evaluation and sampling use float32. Faster on GPUs; on a CPU no faster")
+    p.add_argument("--accumulate", type=int, default=None, metavar="N",
+                   help="run each step's batch as N micro-batches of batch-size/N sequences, one after the "
+                        "other, and average their gradients before the one optimiser step: the same step "
+                        "(up to roundoff) with about 1/N of the activation memory (default 1)")
+    p.add_argument("--mesh", default=None, metavar="D|DxM",
+                   help="split each step over D devices (data parallelism: each micro-batch split D ways, the "
+                        "parameters copied on each), or a DxM grid (also model parallelism: each weight split "
+                        "M ways). On a CPU, jaxgpt train splits it into D*M simulated devices before JAX "
+                        "starts: a way to try the mesh, not to go faster (they share the cores)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with --mesh: also split the parameters and optimiser state over the D data-parallel "
+                        "devices (fully sharded data parallelism), gathered where needed by the compiler")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(run=cmd_train)
 
@@ -141,6 +168,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default=None, help="the code whose MiniGPT to use (default: the one that trained "
                    "the checkpoint)")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("play", help="serve a page on this computer to play with a checkpoint (Ctrl-C stops it)")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `jaxgpt train`")
+    p.add_argument("--port", type=int, default=8000,
+                   help="the port on 127.0.0.1 (default: %(default)s; 0 takes any free port)")
+    p.add_argument("--impl", default=None, help="the code whose MiniGPT to use (default: the one that "
+                   "trained the checkpoint)")
+    p.set_defaults(run=cmd_play)
     return parser
 
 
@@ -363,18 +398,28 @@ def cmd_hint(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from jaxgpt.training import configs, loop
+    from jaxgpt.training import configs  # plain values: JAX is not imported yet
+
+    config = None
+    try:
+        if args.resume is None:
+            config = configs.get_config(args.config or "tiny").with_overrides(
+                args.max_iters, args.eval_interval, batch_size=args.batch_size, precision=args.precision,
+                accumulate=args.accumulate, mesh=args.mesh, fully_sharded=True if args.fsdp else None)
+        elif args.mesh is not None:
+            configs.parse_mesh(args.mesh)
+    except configs.ConfigError as err:
+        raise UserError(str(err), EXIT_USAGE) from None
+    _prepare_devices(config, args.resume)  # before JAX starts
+
+    from jaxgpt.training import loop
     from jaxgpt import data
 
     if args.resume is not None:
-        config, impl, task = None, args.impl, args.task
+        impl, task = args.impl, args.task
         _check_resume_flags(args)
         out = Path(args.out) if args.out else Path(args.resume)
     else:
-        try:
-            config = configs.get_config(args.config or "tiny").with_overrides(args.max_iters, args.eval_interval)
-        except configs.ConfigError as err:
-            raise UserError(str(err), EXIT_USAGE) from None
         impl, task = args.impl or "tasks", args.task or 1
         out = Path(args.out) if args.out else loop.default_out_dir(config.name, impl, task)
     if impl is not None:
@@ -393,7 +438,9 @@ def cmd_train(args) -> int:
         if impl == "tasks" and "NotImplementedError" in message:
             message += " To train the reference's model meanwhile, add --impl reference."
         raise UserError(message[0].upper() + message[1:]) from None
-    except (configs.ConfigError, data.DataError) as err:
+    except configs.ConfigError as err:  # a mesh larger than the devices
+        raise UserError(str(err), EXIT_USAGE) from None
+    except data.DataError as err:
         raise UserError(str(err)) from None
     if history.interrupted:
         if history.checkpoint is not None:
@@ -409,20 +456,58 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def _prepare_devices(config, resume: str | None) -> None:
+    """A mesh of more than one device (the configuration's, or that of the run --resume continues, which
+    keeps its mesh): on a CPU, JAX must split it into that many simulated devices before it starts, so this
+    runs before JAX does. Where JAX has started already (a notebook, a test), the mesh check says what to do.
+    Where there is a GPU, its devices make the mesh and the CPU's count does not matter."""
+    if config is not None:
+        data_parallel, model_parallel = config.train.data_parallel, config.train.model_parallel
+    else:
+        data_parallel, model_parallel = _saved_mesh(Path(resume))
+    if data_parallel * model_parallel > 1:
+        from jaxgpt.training import scaling
+
+        scaling.simulate_cpu_devices(data_parallel * model_parallel)
+
+
+def _saved_mesh(directory: Path) -> tuple[int, int]:
+    """The mesh of the run saved in `directory`, read without JAX; (1, 1) when it cannot be read (loading the
+    checkpoint then says why)."""
+    import json
+
+    from jaxgpt.training import checkpoint
+
+    try:
+        train = json.loads((directory / checkpoint.META_FILE).read_text(encoding="utf-8"))["config"]["train"]
+        return int(train.get("data_parallel", 1)), int(train.get("model_parallel", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 1, 1
+
+
 def _check_resume_flags(args) -> None:
     """With --resume the run keeps its own settings: a flag that asks for others is a usage error, said
     before anything loads."""
-    from jaxgpt.training import checkpoint
+    from jaxgpt.training import checkpoint, configs
 
     try:
         _, saved, _, meta = checkpoint.load(args.resume)
     except checkpoint.CheckpointError as err:
         raise UserError(f"--resume {args.resume}: {err}") from None
     saved_task = int((meta.get("source") or {}).get("task", 1))
+    mesh = None
+    if args.mesh is not None:
+        data_parallel, model_parallel = configs.parse_mesh(args.mesh)
+        mesh = f"{data_parallel}x{model_parallel}" if model_parallel > 1 else str(data_parallel)
     clashes = [f"{flag} {given} (it has {kept})" for flag, given, kept in (
         ("--config", args.config, saved.name), ("--max-iters", args.max_iters, saved.train.max_iters),
-        ("--eval-interval", args.eval_interval, saved.train.eval_interval), ("--task", args.task, saved_task))
+        ("--eval-interval", args.eval_interval, saved.train.eval_interval), ("--task", args.task, saved_task),
+        ("--batch-size", args.batch_size, saved.train.batch_size),
+        ("--precision", args.precision, saved.train.precision),
+        ("--accumulate", args.accumulate, saved.train.accumulate), ("--mesh", mesh, saved.train.mesh))
         if given is not None and given != kept]
+    if args.fsdp and not saved.train.fully_sharded:
+        clashes.append("--fsdp (it trained without)")
     if clashes:
         raise UserError(f"--resume continues the run in {args.resume} with its own settings, so that it goes on "
                         f"as if never interrupted; these flags ask for others: {'; '.join(clashes)}. Leave them "
@@ -474,6 +559,12 @@ def cmd_sample(args) -> int:
         raise UserError("Sampling failed: " + loop.explain_model_error(err, task)) from None
     print(tokenizer.decode(ids))
     return EXIT_OK
+
+
+def cmd_play(args) -> int:
+    from jaxgpt import play
+
+    return play.run(args)
 
 
 if __name__ == "__main__":

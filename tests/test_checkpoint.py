@@ -304,3 +304,28 @@ def test_describe_and_holds_checkpoint(saved, tmp_path):
     (directory / "checkpoint.json").write_text("{ not json")
     assert checkpoint.holds_checkpoint(directory)
     assert checkpoint.describe(directory).startswith(f"damaged: {directory / 'checkpoint.json'} is not valid JSON")
+
+
+def test_scaling_settings_round_trip_and_older_checkpoints_read_as_one_float32_pass(tmp_path, saved):
+    """The settings of Part 5 (precision, micro-batches, mesh) are saved in the configuration; a checkpoint
+    written before they existed has none, and reads as the plain run it was."""
+    scaled = CONFIG.with_overrides(precision="bfloat16", accumulate=2, mesh="2x2", fully_sharded=True)
+    checkpoint.save(tmp_path, random_params(scaled), scaled, TOKENIZER, step=1)
+    assert checkpoint.load(tmp_path)[1] == scaled
+    directory, _ = saved
+    path = directory / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    for name in ("precision", "accumulate", "data_parallel", "model_parallel", "fully_sharded"):
+        del meta["config"]["train"][name]
+    path.write_text(json.dumps(meta))
+    train = checkpoint.load(directory)[1].train
+    assert (train.precision, train.accumulate, train.mesh, train.fully_sharded) == ("float32", 1, "1", False)
+
+
+def test_saved_scaling_settings_that_do_not_fit_are_a_sentence(saved):
+    directory, _ = saved
+    path = directory / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["train"]["accumulate"] = 3  # batch 8
+    path.write_text(json.dumps(meta))
+    assert "cannot be split into 3 equal micro-batches" in load_error(directory)

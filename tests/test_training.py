@@ -596,3 +596,140 @@ def test_weight_decay_spares_biases_and_norms_by_name():
     for path, decays in moved.items():
         assert decays == (path.endswith("['kernel']") or path.endswith("['embedding']")), path
     assert any(path.endswith("['attn']['query']['bias']") for path in moved)
+
+
+# ---- at scale: mixed precision, gradient accumulation, a device mesh (scaling.py) --------------------------
+#
+# Tolerances. float32 has a 24-bit significand (eps 1.2e-7): adding the same terms in another order (micro-
+# batches, devices) moves a gradient of size g by a few eps * g, so 1e-5 relative to the largest gradient
+# leaves a margin of about 100 while the nearest real mistakes (a sum of micro-batch gradients instead of
+# their mean, one micro-batch's gradient alone) are off by 25% or more. bfloat16 keeps 8 bits (eps 7.8e-3):
+# the toy's loss, about 3, moves by a few hundredths at most.
+
+PLAIN = Config("plain", ModelConfig(block_size=8, n_embd=16, n_head=2, n_layer=1, dropout_rate=0.0),
+               TrainConfig(batch_size=12, learning_rate=1e-2, max_iters=12, eval_interval=6, eval_iters=2,
+                           schedule="constant"))
+
+
+def _toy_batch(config: Config, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 20, (config.train.batch_size, config.model.block_size)).astype(np.int32)  # (B, T)
+    return jnp.asarray(x), jnp.asarray((x * 7 + 3) % 20)
+
+
+def _max_abs(tree) -> float:
+    return max(float(np.max(np.abs(np.asarray(leaf)))) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def test_bfloat16_steps_keep_float32_parameters_and_state_and_a_close_loss():
+    config = PLAIN.with_vocab_size(20)
+    model = _reference_model(config)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    data = jnp.arange(300, dtype=jnp.int32) * 7 % 20
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = config.with_overrides(precision=precision)
+        tx = loop.make_optimizer(cfg.train)
+        results[precision] = loop.make_train_steps(model, tx, cfg, 2)(params, tx.init(params), data,
+                                                                      jax.random.PRNGKey(1), 0)
+    new_params, opt_state, losses = results["bfloat16"]
+    for leaf in jax.tree_util.tree_leaves((new_params, opt_state)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype  # float32 masters and moments; Adam's count
+    assert losses.dtype == jnp.float32 and np.all(np.isfinite(losses))
+    gap = np.abs(np.asarray(losses) - np.asarray(results["float32"][2]))
+    assert 0 < gap.max() < 0.05, gap  # computed in bfloat16 (not a no-op), yet close
+
+
+def test_accumulated_gradient_equals_the_big_batch_gradient():
+    """3 micro-batches of 4 sequences; the oracle: jax.grad of the mean loss over the whole batch of 12 in one
+    pass. (That the run then sees the same batches: tests/test_cli.py, a mesh run with --accumulate 2.)"""
+    config = dataclasses.replace(PLAIN, train=dataclasses.replace(PLAIN.train, accumulate=3))
+    config = config.with_vocab_size(20)
+    model = _reference_model(config)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    x, y = _toy_batch(config)
+    want_loss, want = jax.value_and_grad(lambda p: loop.loss_fn(model, p, x, y))(params)
+    loss, grads = jax.jit(loop.make_grad_fn(model, config))(params, x, y, jax.random.PRNGKey(2))
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    scale = _max_abs(want)
+    for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
+                                     jax.tree_util.tree_leaves(want), strict=True):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_scaling_settings_that_do_not_fit_are_sentences():
+    micro = configs.get_config("micro")  # batch 8
+    cases = [
+        (dict(accumulate=3), "A step's batch of 8 sequences cannot be split into 3 equal micro-batches "
+                             "(--accumulate 3): choose a number of micro-batches that divides 8"),
+        (dict(accumulate=2, mesh="3"), "Each micro-batch of 4 sequences cannot be split evenly over the mesh's "
+                                       "3 data-parallel devices (--mesh 3)"),
+        (dict(mesh="16x2"), "A step's batch of 8 sequences cannot be split evenly over the mesh's 16"),
+        (dict(precision="float16"), "--precision must be float32 or bfloat16, got 'float16'."),
+        (dict(accumulate=0), "--accumulate must be a whole number of at least 1, got 0."),
+        (dict(batch_size=0), "--batch-size must be a whole number of at least 1, got 0."),
+        (dict(fully_sharded=True), "--fsdp splits the parameters over the mesh's data-parallel devices, and this "
+                                   "mesh has one"),
+        (dict(mesh="2x"), "--mesh takes D or DxM, whole numbers of at least 1"),
+        (dict(mesh="0"), "--mesh takes D or DxM"),
+        (dict(mesh="2x2x2"), "--mesh takes D or DxM"),
+    ]
+    for overrides, words in cases:
+        with pytest.raises(ConfigError) as info:
+            micro.with_overrides(**overrides)
+        message = str(info.value)
+        assert message.startswith(words) and message.endswith(".") and "\n" not in message, (overrides, message)
+    scaled = micro.with_overrides(batch_size=16, accumulate=2, mesh="2x2", fully_sharded=True, precision="bfloat16")
+    assert (scaled.train.batch_size, scaled.train.micro_batch_size, scaled.train.mesh) == (16, 8, "2x2")
+    assert Config.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
+
+
+def test_parameters_are_copied_split_by_model_and_fully_sharded_as_promised():
+    from jax.sharding import PartitionSpec as P
+
+    from jaxgpt.training import scaling
+
+    def spec(shape, **overrides):
+        return scaling.param_spec(shape, configs.get_config("micro").with_overrides(**overrides).train)
+
+    assert spec((32, 128), mesh="4") == P(None, None)  # data parallel: every device holds all of it
+    assert spec((32, 128), mesh="2x2") == P(None, "model")  # the last axis the model size divides
+    assert spec((32, 2, 16), mesh="1x4") == P(None, None, "model")
+    assert spec((29, 32), mesh="1x2") == P(None, "model")
+    assert spec((32, 29), mesh="1x2") == P("model", None)  # 29 is not split
+    assert spec((32, 128), mesh="4", fully_sharded=True) == P(None, "data")  # the largest axis
+    assert spec((32, 128), mesh="4x2", fully_sharded=True) == P("data", "model")
+    assert spec((), mesh="4", fully_sharded=True) == P()  # Adam's count
+
+
+def test_resume_keeps_the_scaling_settings_or_refuses_a_change(capsys, tmp_path):
+    import hashlib
+
+    from jaxgpt.tokenizer import CharTokenizer
+
+    jax.devices()  # JAX has started in this process: the CPU can no longer be split
+    tokenizer = CharTokenizer.from_text(CORPUS)
+    scaled = RUN.with_overrides(precision="bfloat16", accumulate=2).with_vocab_size(tokenizer.vocab_size)
+    model = _reference_model(scaled)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    tx = loop.make_optimizer(scaled.train)
+    training = {"opt_state": tx.init(params), "train_key": jax.random.PRNGKey(1), "eval_key": jax.random.PRNGKey(2),
+                "text_sha256": hashlib.sha256(CORPUS.encode("utf-8")).hexdigest()}
+    checkpoint.save(tmp_path / "a", params, scaled, tokenizer, step=5, source={"impl": "reference", "task": 1},
+                    training=training)
+    run = loop.prepare(None, resume=tmp_path / "a", text=CORPUS)
+    assert (run.config.train.precision, run.config.train.accumulate) == ("bfloat16", 2)
+    code, _, err = _cli(capsys, "train", "--resume", str(tmp_path / "a"), "--precision", "float32",
+                        "--accumulate", "1", "--mesh", "2x1", "--fsdp")
+    assert code == 2
+    assert ("these flags ask for others: --precision float32 (it has bfloat16); --accumulate 1 (it has 2); "
+            "--mesh 2 (it has 1); --fsdp (it trained without).") in err
+    meshed = RUN.with_overrides(mesh="2").with_vocab_size(tokenizer.vocab_size)
+    checkpoint.save(tmp_path / "b", params, meshed, tokenizer, step=5, source={"impl": "reference", "task": 1},
+                    training=training)
+    if jax.device_count() == 1 and jax.devices()[0].platform == "cpu":  # as in a plain test run
+        with pytest.raises(ConfigError, match=r"^--mesh 2 needs 2 devices, but JAX sees 1 \(cpu\), and the CPU "
+                                              r"can only be split into simulated devices before JAX starts"):
+            loop.prepare(None, resume=tmp_path / "b", text=CORPUS)

@@ -9,6 +9,17 @@ Shakespeare) and is filled in by `with_vocab_size` before the model is built.
     challenge  the original challenge: eval loss < 1.9 after 4,000 steps
     video      the model at the end of Karpathy's video, 10.8M parameters, for a GPU
     micro      a toy for tests and smoke runs: compiles and trains in seconds, learns little
+
+Three settings of `TrainConfig` say how a step is computed rather than what it computes (Part 5; the
+command line's --precision, --accumulate, --mesh and --fsdp; see scaling.py). batch_size is always the
+sequences of one optimiser step, whatever they are split into:
+
+    precision       "float32", or "bfloat16": bfloat16 compute on float32 parameters and optimiser state
+    accumulate      the step's batch in this many micro-batches, their gradients averaged: the step is the
+                    one-pass step (up to roundoff) with about 1/accumulate of the activation memory
+    data_parallel   each micro-batch split over this many devices, the parameters copied on each;
+    model_parallel  a data_parallel x model_parallel mesh, each weight split model_parallel ways
+    fully_sharded   the parameters and optimiser state also split over the data_parallel devices (FSDP)
 """
 
 from __future__ import annotations
@@ -45,6 +56,69 @@ class TrainConfig:
     beta2: float = 0.99  # nanoGPT's choice for small models trained on few tokens per step
     grad_clip: float = 1.0  # global-norm clipping; 0 switches it off
     seed: int = 1337
+    # How a step is computed (see the module docstring and scaling.py); the defaults are one float32 pass
+    # on one device. Checked when made: a batch that does not split evenly is a ConfigError.
+    precision: str = "float32"  # or "bfloat16": bfloat16 compute, float32 parameters, moments and loss
+    accumulate: int = 1  # micro-batches per step, of batch_size // accumulate sequences each
+    data_parallel: int = 1  # devices each micro-batch is split over
+    model_parallel: int = 1  # ways each weight is split (a data_parallel x model_parallel mesh)
+    fully_sharded: bool = False  # parameters and optimiser state split over the data_parallel devices too
+
+    def __post_init__(self) -> None:
+        problem = scaling_problem(self)
+        if problem:
+            raise ConfigError(problem)
+
+    @property
+    def mesh(self) -> str:
+        """The device mesh as the command line writes it: "1", "4", "4x2"."""
+        return f"{self.data_parallel}x{self.model_parallel}" if self.model_parallel > 1 else str(self.data_parallel)
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.accumulate
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def parse_mesh(text: Any) -> tuple[int, int]:
+    """(data_parallel, model_parallel) from the command line's --mesh: "4" is (4, 1), "4x2" is (4, 2)."""
+    if isinstance(text, (tuple, list)) and len(text) == 2:
+        parts = [str(v) for v in text]
+    else:
+        parts = str(text).strip().lower().replace("×", "x").split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        sizes = [int(p) for p in parts]
+        return sizes[0], sizes[1] if len(sizes) == 2 else 1
+    raise ConfigError(f"--mesh takes D or DxM, whole numbers of at least 1 (4: data parallelism over 4 "
+                      f"devices; 4x2: 4-way data times 2-way model parallelism over 8), got {str(text)!r}.")
+
+
+def scaling_problem(train: "TrainConfig") -> str | None:
+    """Why the batch, precision, micro-batches and mesh of `train` do not fit together, in a sentence; or None."""
+    if train.precision not in PRECISIONS:
+        return f"--precision must be float32 or bfloat16, got {train.precision!r}."
+    for flag, value in (("--batch-size", train.batch_size), ("--accumulate", train.accumulate)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{flag} must be a whole number of at least 1, got {value!r}."
+    for value in (train.data_parallel, train.model_parallel):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return (f"--mesh sizes must be whole numbers of at least 1, got "
+                    f"{train.data_parallel!r}x{train.model_parallel!r}.")
+    B, K, D = train.batch_size, train.accumulate, train.data_parallel
+    if B % K:
+        return (f"A step's batch of {B} sequences cannot be split into {K} equal micro-batches (--accumulate "
+                f"{K}): choose a number of micro-batches that divides {B}, or another --batch-size.")
+    if (B // K) % D:
+        what = f"Each micro-batch of {B // K} sequences" if K > 1 else f"A step's batch of {B} sequences"
+        return (f"{what} cannot be split evenly over the mesh's {D} data-parallel devices (--mesh "
+                f"{train.mesh}): the batch size must be a multiple of accumulate x data-parallel devices "
+                f"= {K * D}; change --batch-size, --accumulate or --mesh.")
+    if train.fully_sharded and D == 1:
+        return ("--fsdp splits the parameters over the mesh's data-parallel devices, and this mesh has one: "
+                "give a --mesh of at least 2 devices with it.")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +131,22 @@ class Config:
     def with_vocab_size(self, vocab_size: int) -> "Config":
         return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=int(vocab_size)))
 
-    def with_overrides(self, max_iters: int | None = None, eval_interval: int | None = None) -> "Config":
+    def with_overrides(self, max_iters: int | None = None, eval_interval: int | None = None, *,
+                       batch_size: int | None = None, precision: str | None = None,
+                       accumulate: int | None = None, mesh: Any = None,
+                       fully_sharded: bool | None = None) -> "Config":
         """The same configuration with a different length or evaluation interval (the command line's
-        --max-iters and --eval-interval). The cosine schedule follows max_iters; warmup shrinks to fit."""
+        --max-iters and --eval-interval). The cosine schedule follows max_iters; warmup shrinks to fit.
+        The keywords set how a step is computed (--batch-size, --precision, --accumulate, --mesh "D" or
+        "DxM", --fsdp); a combination that does not fit is a ConfigError with a sentence."""
         train = self.train
+        scaled = {name: value for name, value in (("batch_size", batch_size), ("precision", precision),
+                                                  ("accumulate", accumulate), ("fully_sharded", fully_sharded))
+                  if value is not None}
+        if mesh is not None:
+            scaled["data_parallel"], scaled["model_parallel"] = parse_mesh(mesh)
+        if scaled:
+            train = dataclasses.replace(train, **scaled)
         if max_iters is not None:
             if max_iters < 1:
                 raise ConfigError(f"max_iters must be at least 1, got {max_iters}.")
@@ -96,13 +182,12 @@ def _build(cls, values: dict[str, Any]):
 CONFIGS: dict[str, Config] = {
     "tiny": Config(
         "tiny",
-        # 818,241 parameters with 65 characters. On a quiet 2-core CPU it trains about 4.4 steps (18,000
-        # tokens) a second: 2,000 steps of 64 x 64 tokens take 8.4 minutes in all and end at eval loss 1.56
-        # (1.73 at step 750; see bench/). Dropout would slow the early descent that this budget lives on.
+        # 818,241 parameters with 65 characters; its measured time and losses are bench/results/train_tiny.json's
+        # (the README quotes them). Dropout would slow the early descent that this budget lives on.
         ModelConfig(block_size=64, n_embd=128, n_head=4, n_layer=4, dropout_rate=0.0),
         TrainConfig(batch_size=64, learning_rate=2e-3, max_iters=2000, eval_interval=250, eval_iters=20,
                     weight_decay=0.1, schedule="cosine", warmup_iters=100, min_lr=2e-4),
-        "a small model for a laptop CPU: about 8.5 minutes, eval loss near 1.56 on tiny Shakespeare",
+        "a small model for a laptop CPU: minutes (the README's reference figures say how many and what loss)",
     ),
     "challenge": Config(
         "challenge",

@@ -17,6 +17,10 @@ MiniGPT by default, task 6's hand-built one with task=6. Everything else is the 
                streams: the same batches, dropout masks and losses as the run never interrupted
     speed      the training step is compiled ahead of its first call, so tokens per second counts every
                call, also in a run of one call
+    at scale   bfloat16 compute on float32 parameters, gradient accumulation over micro-batches, a device
+               mesh (data, model and fully sharded parallelism): TrainConfig's precision, accumulate,
+               data_parallel, model_parallel and fully_sharded, built by scaling.py; the defaults take the
+               plain path (one float32 pass on one device), whose step is unchanged
 """
 
 from __future__ import annotations
@@ -201,32 +205,88 @@ def make_optimizer(train: TrainConfig):
     return adamw
 
 
-def loss_fn(model, params, x, y, deterministic=True, dropout_key=None):
-    """Mean cross entropy of the next-token predictions over batch and time."""
+def loss_fn(model, params, x, y, deterministic=True, dropout_key=None, compute_dtype=None):
+    """Mean cross entropy of the next-token predictions over batch and time.
+
+    compute_dtype (e.g. jnp.bfloat16): the model runs on a copy of the parameters cast to it, so that it
+    computes in that dtype (any MiniGPT, no dtype field needed); its logits are cast back to float32 for the
+    softmax and the loss. The gradient with respect to `params` keeps their dtype (float32)."""
+    import jax.numpy as jnp
     import optax
 
+    from jaxgpt.training import scaling
+
     rngs = None if deterministic else {"dropout": dropout_key}
+    if compute_dtype is not None:
+        params = scaling.cast_floats(params, compute_dtype)
     logits = model.apply({"params": params}, x, deterministic=deterministic, rngs=rngs)  # (B, T, vocab_size)
+    if compute_dtype is not None:
+        logits = logits.astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def make_train_steps(model, tx, config: Config, steps_per_call: int):
+def make_grad_fn(model, config: Config, mesh=None):
+    """(params, x, y, dropout_key) -> (loss, grads): a step's mean loss over its batch x, y (B, T) and the
+    gradient, in the configuration's precision, over its `accumulate` micro-batches, split over `mesh`.
+
+    With accumulate K the batch is reshaped to (K, B/K, T) and a scan adds the K micro-batch gradients in
+    float32; their mean is the gradient of the mean loss over the whole batch, as the micro-batches are
+    equal in size. Micro-batch i takes dropout key fold_in(dropout_key, i)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgpt.training import scaling
+
+    K = config.train.accumulate
+    deterministic = config.model.dropout_rate == 0.0
+    dtype = scaling.compute_dtype(config.train)
+    value_and_grad = jax.value_and_grad(
+        lambda p, x, y, key: loss_fn(model, p, x, y, deterministic, key, compute_dtype=dtype))
+
+    if K == 1:
+        def grad_fn(params, x, y, dropout_key):
+            x, y = scaling.shard_batch((x, y), mesh)
+            return value_and_grad(params, x, y, dropout_key)
+
+        return grad_fn
+
+    def grad_fn(params, x, y, dropout_key):
+        B, T = x.shape
+        xs, ys = scaling.shard_batch((x.reshape(K, B // K, T), y.reshape(K, B // K, T)), mesh, batch_axis=1)
+
+        def micro_batch(total, inputs):
+            i, x_i, y_i = inputs  # (B/K, T) each
+            loss, grads = value_and_grad(params, x_i, y_i, jax.random.fold_in(dropout_key, i))
+            return jax.tree_util.tree_map(jnp.add, total, grads), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        total, losses = jax.lax.scan(micro_batch, zeros, (jnp.arange(K), xs, ys))
+        return losses.mean(), jax.tree_util.tree_map(lambda g: g / K, total)
+
+    return grad_fn
+
+
+def make_train_steps(model, tx, config: Config, steps_per_call: int, mesh=None):
     """A jitted function running `steps_per_call` training steps: (params, opt_state, data, key, first_step)
-    -> (params, opt_state, losses (steps_per_call,))."""
+    -> (params, opt_state, losses (steps_per_call,)). With `mesh` (scaling.make_mesh), the parameters and
+    optimiser state come and go placed as scaling.place puts them, and each batch is split over the mesh."""
     import jax
 
     from jaxgpt.data import get_batch
+    from jaxgpt.training import scaling
 
     B, T = config.train.batch_size, config.model.block_size
-    deterministic = config.model.dropout_rate == 0.0
+    grad_fn = make_grad_fn(model, config, mesh)
 
     def one_step(carry, step):
         params, opt_state, data, key = carry
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(key, step))  # fresh keys every step
         x, y = get_batch(batch_key, data, B, T)  # (B, T), (B, T)
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(model, p, x, y, deterministic, dropout_key))(params)
+        loss, grads = grad_fn(params, x, y, dropout_key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+        if mesh is not None:
+            params, opt_state = scaling.constrain((params, opt_state), mesh, config.train)
         return (params, opt_state, data, key), loss
 
     @jax.jit
@@ -238,13 +298,15 @@ def make_train_steps(model, tx, config: Config, steps_per_call: int):
     return train_steps
 
 
-def make_evaluate(model, config: Config):
+def make_evaluate(model, config: Config, mesh=None):
     """A jitted function: (params, train_data, eval_data, key) -> (train loss, eval loss), each the mean over
-    eval_iters random batches, dropout off."""
+    eval_iters random batches, dropout off. In float32 whatever the training precision: the parameters as
+    they are saved and sampled. With `mesh`, each batch is split over it."""
     import jax
     import jax.numpy as jnp
 
     from jaxgpt.data import get_batch
+    from jaxgpt.training import scaling
 
     B, T, n = config.train.batch_size, config.model.block_size, config.train.eval_iters
 
@@ -252,8 +314,9 @@ def make_evaluate(model, config: Config):
     def evaluate(params, train_data, eval_data, key):
         def one_batch(total, batch_key):
             k1, k2 = jax.random.split(batch_key)
-            losses = jnp.stack([loss_fn(model, params, *get_batch(k1, train_data, B, T)),
-                                loss_fn(model, params, *get_batch(k2, eval_data, B, T))])
+            split = functools.partial(scaling.shard_batch, mesh=mesh)  # no-op on one device
+            losses = jnp.stack([loss_fn(model, params, *split(get_batch(k1, train_data, B, T))),
+                                loss_fn(model, params, *split(get_batch(k2, eval_data, B, T)))])
             return total + losses, None
 
         total, _ = jax.lax.scan(one_batch, jnp.zeros(2), jax.random.split(key, n))
@@ -297,6 +360,7 @@ class Run:
     text_sha256: str = ""  # the training text's, saved with the checkpoint so that a resume uses the same text
     resumed_from: str | None = None  # the checkpoint directory this run continues
     earlier_wall_seconds: float = 0.0  # the wall time of the sessions before a resume
+    mesh: Any = None  # the device mesh the step is split over (scaling.make_mesh); None: one device
 
 
 class CheckpointExists(TrainingError):
@@ -367,6 +431,9 @@ def prepare(config: Config | None, *, impl: Any = None, task: int | None = None,
     if config is None:
         raise ConfigError("No configuration was given: name one (configs.get_config('tiny')) or resume a "
                           "checkpoint.")
+    from jaxgpt.training import scaling
+
+    mesh = scaling.make_mesh(config.train)  # first: too few devices is said before anything loads
     impl = "reference" if impl is None else impl
     task = 1 if task is None else int(task)
     if text is None:
@@ -401,15 +468,19 @@ def prepare(config: Config | None, *, impl: Any = None, task: int | None = None,
         train_key, eval_key = jax.device_put(training["train_key"]), jax.device_put(training["eval_key"])
         step = training["step"]
         history = _history_for_resume(Path(resume), config, impl_label, task, count_params(params), step)
+    train_data, eval_data = jax.device_put(train_ids), jax.device_put(eval_ids)
+    if mesh is not None:  # the state split or copied over the mesh; the text and keys copied on every device
+        params, opt_state = scaling.place((params, opt_state), mesh, train_cfg)
+        train_data, eval_data, train_key, eval_key = scaling.replicate(
+            (train_data, eval_data, train_key, eval_key), mesh)
     history.params, history.tokenizer = params, tokenizer
     k = _steps_per_call(steps_per_call, train_cfg, start=step)
     return Run(config=config, task=task, impl_label=impl_label, tokenizer=tokenizer, model=model,
-               params=params, opt_state=opt_state, train_data=jax.device_put(train_ids),
-               eval_data=jax.device_put(eval_ids), train_steps=make_train_steps(model, tx, config, k),
-               evaluate=make_evaluate(model, config), steps_per_call=k, train_key=train_key, eval_key=eval_key,
-               history=history, started=started, step=step, text_sha256=text_sha256,
-               resumed_from=None if resume is None else str(resume),
-               earlier_wall_seconds=history.wall_seconds if resume is not None else 0.0)
+               params=params, opt_state=opt_state, train_data=train_data, eval_data=eval_data,
+               train_steps=make_train_steps(model, tx, config, k, mesh), evaluate=make_evaluate(model, config, mesh),
+               steps_per_call=k, train_key=train_key, eval_key=eval_key, history=history, started=started,
+               step=step, text_sha256=text_sha256, resumed_from=None if resume is None else str(resume),
+               earlier_wall_seconds=history.wall_seconds if resume is not None else 0.0, mesh=mesh)
 
 
 def _load_for_resume(resume: str | os.PathLike, config: Config | None) -> dict[str, Any]:
@@ -654,6 +725,9 @@ def fit(run: Run, *, out_dir: str | os.PathLike | None = None, progress: bool = 
                 f"{train_cfg.max_iters:,}: task {task}'s MiniGPT from {run.impl_label}, the same optimiser state "
                 f"and batches.")
             ctrl_c.saved_step = run.step if out is not None and _same_path(out, Path(run.resumed_from)) else None
+        from jaxgpt.training import scaling
+
+        say(scaling.describe(train_cfg, config.model.block_size, run.mesh))
         bar = None
         try:
             ctrl_c.steps = (run.step, run.step)
