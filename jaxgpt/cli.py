@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="override the sequences of one optimiser step: the whole batch of a step, which "
                         "--accumulate and --mesh split, never one micro-batch or one device's share")
+    p.add_argument("--tokenizer", default=None, choices=("char", "byte"),
+                   help="char (the default): one token per distinct character of the text; byte: one token per "
+                        "UTF-8 byte, 256 in all, for any text of your own (accents, emoji, any script). The "
+                        "checkpoint keeps the tokenizer, so sampling never needs the text again")
     p.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
                    help="float32 (the default), or bfloat16: the forward and backward passes run on a bfloat16 "
                         "copy of the parameters, so the model's matmuls, activations and (in Flax's attention "
@@ -405,7 +409,8 @@ def cmd_train(args) -> int:
         if args.resume is None:
             config = configs.get_config(args.config or "tiny").with_overrides(
                 args.max_iters, args.eval_interval, batch_size=args.batch_size, precision=args.precision,
-                accumulate=args.accumulate, mesh=args.mesh, fully_sharded=True if args.fsdp else None)
+                accumulate=args.accumulate, mesh=args.mesh, fully_sharded=True if args.fsdp else None,
+                tokenizer=args.tokenizer)
         elif args.mesh is not None:
             configs.parse_mesh(args.mesh)
     except configs.ConfigError as err:
@@ -503,7 +508,7 @@ def _check_resume_flags(args) -> None:
         ("--config", args.config, saved.name), ("--max-iters", args.max_iters, saved.train.max_iters),
         ("--eval-interval", args.eval_interval, saved.train.eval_interval), ("--task", args.task, saved_task),
         ("--batch-size", args.batch_size, saved.train.batch_size),
-        ("--precision", args.precision, saved.train.precision),
+        ("--precision", args.precision, saved.train.precision), ("--tokenizer", args.tokenizer, saved.train.tokenizer),
         ("--accumulate", args.accumulate, saved.train.accumulate), ("--mesh", mesh, saved.train.mesh))
         if given is not None and given != kept]
     if args.fsdp and not saved.train.fully_sharded:

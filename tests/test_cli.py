@@ -260,3 +260,26 @@ def test_train_on_a_mesh_with_accumulation_gives_the_plain_runs_losses(trained, 
                                                         "data_parallel": 4, "model_parallel": 2,
                                                         "fully_sharded": True}
     assert cli._saved_mesh(out) == (4, 2)  # what --resume splits the CPU into before JAX starts
+
+
+def test_byte_level_training_on_any_utf8_text_round_trips_and_samples(capsys, tmp_path):
+    """--tokenizer byte: a text with accents, other scripts and emoji encodes and decodes exactly, trains, and
+    the checkpoint carries the tokenizer, so sampling needs no text (and takes a prompt the text never had)."""
+    from jaxgpt.tokenizer import ByteTokenizer
+    from jaxgpt.training import checkpoint
+
+    text = ("Déjà vu, naïve café: « ça va ? » — Ελληνικά, русский, 日本語, emoji 🎉🚀.\n" * 40)
+    assert ByteTokenizer().decode(ByteTokenizer().encode(text)) == text
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text(text, encoding="utf-8")
+    out_dir = tmp_path / "bytes"
+    code, out, err = run(capsys, "train", "--config", "micro", "--impl", "reference", "--data", str(corpus),
+                         "--tokenizer", "byte", "--out", str(out_dir), "--max-iters", "4", "--eval-interval", "2",
+                         "--no-progress")
+    assert code == 0, out + err
+    _, config, tokenizer, _ = checkpoint.load(out_dir)
+    assert isinstance(tokenizer, ByteTokenizer) and config.model.vocab_size == 256 and config.train.tokenizer == "byte"
+    code, out, err = run(capsys, "sample", "--checkpoint", str(out_dir), "--prompt", "Ωmega ✓", "--tokens", "20")
+    assert code == 0 and out.startswith("Ωmega ✓"), out + err
+    code, out, err = run(capsys, "train", "--resume", str(out_dir), "--data", str(corpus), "--tokenizer", "char")
+    assert code == 2 and "--tokenizer char (it has byte)" in err, out + err

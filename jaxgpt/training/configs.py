@@ -56,6 +56,7 @@ class TrainConfig:
     beta2: float = 0.99  # nanoGPT's choice for small models trained on few tokens per step
     grad_clip: float = 1.0  # global-norm clipping; 0 switches it off
     seed: int = 1337
+    tokenizer: str = "char"  # "char": one token per distinct character; "byte": UTF-8 bytes, any text (256)
     # How a step is computed (see the module docstring and scaling.py); the defaults are one float32 pass
     # on one device. Checked when made: a batch that does not split evenly is a ConfigError.
     precision: str = "float32"  # or "bfloat16": bfloat16 compute, float32 parameters, moments and loss
@@ -65,6 +66,8 @@ class TrainConfig:
     fully_sharded: bool = False  # parameters and optimiser state split over the data_parallel devices too
 
     def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"--tokenizer must be char or byte, got {self.tokenizer!r}.")
         problem = scaling_problem(self)
         if problem:
             raise ConfigError(problem)
@@ -80,6 +83,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("float32", "bfloat16")
+TOKENIZERS = ("char", "byte")
 
 
 def parse_mesh(text: Any) -> tuple[int, int]:
@@ -134,14 +138,16 @@ class Config:
     def with_overrides(self, max_iters: int | None = None, eval_interval: int | None = None, *,
                        batch_size: int | None = None, precision: str | None = None,
                        accumulate: int | None = None, mesh: Any = None,
-                       fully_sharded: bool | None = None) -> "Config":
+                       fully_sharded: bool | None = None, tokenizer: str | None = None) -> "Config":
         """The same configuration with a different length or evaluation interval (the command line's
         --max-iters and --eval-interval). The cosine schedule follows max_iters; warmup shrinks to fit.
         The keywords set how a step is computed (--batch-size, --precision, --accumulate, --mesh "D" or
-        "DxM", --fsdp); a combination that does not fit is a ConfigError with a sentence."""
+        "DxM", --fsdp); a combination that does not fit is a ConfigError with a sentence. tokenizer: "char" or
+        "byte" (--tokenizer)."""
         train = self.train
         scaled = {name: value for name, value in (("batch_size", batch_size), ("precision", precision),
-                                                  ("accumulate", accumulate), ("fully_sharded", fully_sharded))
+                                                  ("accumulate", accumulate), ("fully_sharded", fully_sharded),
+                                                  ("tokenizer", tokenizer))
                   if value is not None}
         if mesh is not None:
             scaled["data_parallel"], scaled["model_parallel"] = parse_mesh(mesh)

@@ -420,7 +420,7 @@ def prepare(config: Config | None, *, impl: Any = None, task: int | None = None,
     import jax
 
     from jaxgpt import data
-    from jaxgpt.tokenizer import CharTokenizer
+    from jaxgpt.tokenizer import ByteTokenizer, CharTokenizer
 
     started = time.perf_counter()
     resumed = _load_for_resume(resume, config) if resume is not None else None
@@ -439,7 +439,7 @@ def prepare(config: Config | None, *, impl: Any = None, task: int | None = None,
     if text is None:
         text = data.load_text(data_path, named_by=data_named_by)
     text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    tokenizer = CharTokenizer.from_text(text)
+    tokenizer = ByteTokenizer() if config.train.tokenizer == "byte" else CharTokenizer.from_text(text)
     if resumed is not None and text_sha256 != resumed["training"]["text_sha256"]:
         raise TrainingError(f"The run in {resume} was trained on another text: resume it with the same text "
                             f"(the same --data) it started with.")
