@@ -73,6 +73,10 @@ TASKS: tuple[Task, ...] = (
          ("train_scan", "sweep_learning_rates"), 45, 3, builds_on=(7,)),
     Task(11, "kv_cache", "Generation with a cache of past keys and values", ("CachedMiniGPT", "generate_cached"),
          50, 3, builds_on=(1,)),
+    Task(12, "adamw_by_hand", "AdamW, clipping and a schedule by hand",
+         ("warmup_cosine_schedule", "clip_by_global_norm", "decay_mask", "adamw_init", "adamw_update"), 45, 2),
+    Task(13, "mixed_precision", "Mixed precision and gradient accumulation",
+         ("MixedPrecisionMiniGPT", "mixed_precision_loss", "accumulated_grads"), 45, 3),
 )
 
 BY_NUMBER = {t.number: t for t in TASKS}
