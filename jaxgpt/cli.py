@@ -7,6 +7,7 @@
     jaxgpt train --config tiny           train your task 1 MiniGPT (--impl reference for the reference's)
     jaxgpt sample --checkpoint checkpoints/tiny --prompt "ROMEO:"
     jaxgpt play --checkpoint checkpoints/tiny          a page in your browser to play with it
+    jaxgpt ladder --data input.txt       the video's loss ladder, bigram to GPT, from your own modules
 
 Whatever goes wrong on the learner's side (an unfinished task, a bad path, a damaged checkpoint, a prompt
 with unknown characters) is said in a sentence on stderr with a non-zero exit code, never a traceback.
@@ -172,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default=None, help="the code whose MiniGPT to use (default: the one that trained "
                    "the checkpoint)")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("ladder", help="climb the video's loss ladder (bigram to GPT) with your modules and "
+                       "compare each rung's eval loss with the video's")
+    from jaxgpt import ladder  # import-light: no JAX until it runs
+
+    ladder.add_arguments(p)
+    p.set_defaults(run=ladder.run_from_args)
 
     p = sub.add_parser("play", help="serve a page on this computer to play with a checkpoint (Ctrl-C stops it)")
     p.add_argument("--checkpoint", required=True, help="a directory written by `jaxgpt train`")

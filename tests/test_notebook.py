@@ -10,8 +10,8 @@
   `hint` repeat it, and running the cell again repairs a half-done clone or install.
 
 The execution tests run with JAXGPT_SMOKE=1 (training cells take a handful of steps) on a small corpus
-written here (JAXGPT_DATA), so they need neither the network nor tiny Shakespeare. The milestone cell is
-switched on (RUN_MILESTONE = True) in both runs, so that its code runs too. They take minutes, so they are
+written here (JAXGPT_DATA), so they need neither the network nor tiny Shakespeare. The milestone cells are
+switched on (RUN_MILESTONE = True, RUN_LADDER = True) in both runs, so that its code runs too. They take minutes, so they are
 marked `slow` as well as `notebook`: the default `uv run pytest` leaves them out; `uv run pytest -m notebook`
 runs them, and so does CI.
 """
@@ -391,10 +391,13 @@ def _execute(nb, tmp_path, monkeypatch):
     corpus.write_text(small_corpus(), encoding="utf-8")
     monkeypatch.setenv("JAXGPT_SMOKE", "1")
     monkeypatch.setenv("JAXGPT_DATA", str(corpus))
+    switched = []
     for cell in nb.cells:
-        if cell.id == "milestone":
-            assert "RUN_MILESTONE = False" in cell.source
-            cell.source = cell.source.replace("RUN_MILESTONE = False", "RUN_MILESTONE = True", 1)
+        for switch in ("RUN_MILESTONE", "RUN_LADDER"):  # the optional milestones run too, in smoke mode
+            if cell.cell_type == "code" and f"{switch} = False" in cell.source:
+                cell.source = cell.source.replace(f"{switch} = False", f"{switch} = True", 1)
+                switched.append(switch)
+    assert sorted(switched) == ["RUN_LADDER", "RUN_MILESTONE"], f"switched on: {switched}"
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(task_list.REPO_ROOT)}})
     try:

@@ -47,7 +47,7 @@ FINALE = task_list.LESSONS_DIR / "finale.md"
 PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md", 9: "part4.md", 12: "part5.md"}
 MILESTONE_AFTER_TASK = 1
 # Optional lessons after a task's check: they use the learner's finished code but ask for no new names.
-ASIDES_AFTER_TASK = {6: ("aside_pure_functions.md",)}
+ASIDES_AFTER_TASK = {6: ("milestone_ladder.md", "aside_pure_functions.md")}
 
 RUN_FENCE = "```python run"
 AFTER_THE_CHECK = "<!-- after the check -->"

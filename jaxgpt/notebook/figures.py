@@ -54,7 +54,14 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "train_tiny.cpus": ("train_tiny", lambda r: f"{r['machine']['cpus']}"),
     "train_tiny.curve_table": ("train_tiny", _curve_table),
     "train_tiny.sample": ("train_tiny", _sample),
+    "ladder.table": ("ladder", lambda r: "\n\n" + _ladder_table(r) + "\n\n"),
 }
+
+
+def _ladder_table(result: dict[str, Any]) -> str:
+    from jaxgpt import ladder  # light: no JAX until a ladder trains
+
+    return ladder.result_table(result)
 
 
 def results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
