@@ -77,6 +77,9 @@ TASKS: tuple[Task, ...] = (
          ("warmup_cosine_schedule", "clip_by_global_norm", "decay_mask", "adamw_init", "adamw_update"), 45, 2),
     Task(13, "mixed_precision", "Mixed precision and gradient accumulation",
          ("MixedPrecisionMiniGPT", "mixed_precision_loss", "accumulated_grads"), 45, 3),
+    Task(14, "sharding", "Training over a device mesh: data, fully sharded and tensor parallel",
+         ("make_mesh", "shard_batch", "tensor_parallel_shardings", "fsdp_shardings", "state_shardings",
+          "sharded_train_step", "sharded_init"), 75, 3),
 )
 
 BY_NUMBER = {t.number: t for t in TASKS}
