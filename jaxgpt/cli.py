@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="override the sequences of one optimiser step: the whole batch of a step, which "
                         "--accumulate and --mesh split, never one micro-batch or one device's share")
+    p.add_argument("--model", default="gpt", choices=("gpt", "lstm"),
+                   help="gpt (the default): your MiniGPT; lstm: task 15's CharLSTM, trained with its state "
+                        "carried from chunk to chunk (its configurations: tiny, micro)")
     p.add_argument("--tokenizer", default=None, choices=("char", "byte"),
                    help="char (the default): one token per distinct character of the text; byte: one token per "
                         "UTF-8 byte, 256 in all, for any text of your own (accents, emoji, any script). The "
@@ -412,6 +415,8 @@ def cmd_hint(args) -> int:
 def cmd_train(args) -> int:
     from jaxgpt.training import configs  # plain values: JAX is not imported yet
 
+    if args.model == "lstm":
+        return _train_lstm(args)
     config = None
     try:
         if args.resume is None:
@@ -461,6 +466,49 @@ def cmd_train(args) -> int:
 
             again = f" --data {shlex.quote(args.data)}" if args.data else ""
             print(f"Continue this run with `jaxgpt train --resume {shlex.quote(str(out))}{again}`.", flush=True)
+        return EXIT_INTERRUPTED
+    minutes, seconds = divmod(round(history.wall_seconds), 60)
+    print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
+          f"{minutes}m{seconds:02d}s ({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
+          f"`jaxgpt sample --checkpoint {out}`.")
+    return EXIT_OK
+
+
+def _train_lstm(args) -> int:
+    """`jaxgpt train --model lstm`: task 15's CharLSTM with truncated backpropagation through time."""
+    refused = [flag for flag, value in (("--resume", args.resume), ("--precision", args.precision),
+                                        ("--accumulate", args.accumulate), ("--mesh", args.mesh),
+                                        ("--fsdp", args.fsdp or None), ("--task", args.task),
+                                        ("--tokenizer", args.tokenizer)) if value is not None]
+    if refused:
+        raise UserError(f"--model lstm trains task 15's CharLSTM with its own loop, which does not take "
+                        f"{', '.join(refused)}; leave {'it' if len(refused) == 1 else 'them'} out.", EXIT_USAGE)
+    from jaxgpt.training import configs, loop, recurrent
+    from jaxgpt import data
+
+    try:
+        config = recurrent.get_config(args.config or "tiny").with_overrides(
+            args.max_iters, args.eval_interval, batch_size=args.batch_size)
+    except (configs.ConfigError, KeyError) as err:
+        raise UserError(str(err).strip("'\""), EXIT_USAGE) from None
+    impl = args.impl or "tasks"
+    _implementation(impl)
+    out = Path(args.out) if args.out else recurrent.default_out_dir(config, impl)
+    try:
+        history = recurrent.train(config, impl=impl, data_path=args.data, out_dir=out,
+                                  progress=not args.no_progress, overwrite=args.overwrite, data_named_by="--data")
+    except loop.CheckpointExists as err:
+        raise UserError(f"{err.directory} already holds the checkpoint of another run ({err.description}). "
+                        f"Training now would replace it, so nothing was started: save this one elsewhere with "
+                        f"--out DIR, or replace it with --overwrite.", EXIT_USAGE) from None
+    except loop.TrainingError as err:
+        message = str(err)
+        if impl == "tasks" and "NotImplementedError" in message:
+            message += " To train the reference's model meanwhile, add --impl reference."
+        raise UserError(message[0].upper() + message[1:]) from None
+    except data.DataError as err:
+        raise UserError(str(err)) from None
+    if history.interrupted:
         return EXIT_INTERRUPTED
     minutes, seconds = divmod(round(history.wall_seconds), 60)
     print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
@@ -560,7 +608,12 @@ def cmd_sample(args) -> int:
     impl = args.impl or source.get("impl") or "reference"
     task = int(source.get("task", 1))
     try:
-        model = loop.build_model(loop.model_class(impl, task), config)
+        if task == 15:  # task 15's CharLSTM (jaxgpt train --model lstm)
+            from jaxgpt.training import recurrent
+
+            model = recurrent.build_model(recurrent.model_class(impl), config)
+        else:
+            model = loop.build_model(loop.model_class(impl, task), config)
     except loop.TrainingError as err:
         hint = "" if args.impl else " Choose the code with --impl (for example --impl reference)."
         raise UserError(f"The checkpoint's model cannot be rebuilt: {err}{hint}") from None

@@ -283,3 +283,16 @@ def test_byte_level_training_on_any_utf8_text_round_trips_and_samples(capsys, tm
     assert code == 0 and out.startswith("Ωmega ✓"), out + err
     code, out, err = run(capsys, "train", "--resume", str(out_dir), "--data", str(corpus), "--tokenizer", "char")
     assert code == 2 and "--tokenizer char (it has byte)" in err, out + err
+
+
+def test_train_model_lstm_writes_a_checkpoint_that_sample_reads(capsys, tmp_path, corpus):
+    """--model lstm trains task 15's CharLSTM with the GPT's command; jaxgpt sample rebuilds it from the checkpoint"""
+    out_dir = tmp_path / "lstm"
+    code, out, err = run(capsys, "train", "--model", "lstm", "--config", "micro", "--impl", "reference", "--data",
+                         str(corpus), "--out", str(out_dir), "--max-iters", "4", "--eval-interval", "2",
+                         "--no-progress")
+    assert code == 0 and "Done: eval loss" in out, out + err
+    code, out, err = run(capsys, "sample", "--checkpoint", str(out_dir), "--prompt", "the ", "--tokens", "12")
+    assert code == 0 and len(out.removesuffix("\n")) == len("the ") + 12, out + err
+    code, _, err = run(capsys, "train", "--model", "lstm", "--precision", "bfloat16", "--data", str(corpus))
+    assert code == 2 and "does not take --precision" in err

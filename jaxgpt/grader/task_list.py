@@ -80,6 +80,8 @@ TASKS: tuple[Task, ...] = (
     Task(14, "sharding", "Training over a device mesh: data, fully sharded and tensor parallel",
          ("make_mesh", "shard_batch", "tensor_parallel_shardings", "fsdp_shardings", "state_shardings",
           "sharded_train_step", "sharded_init"), 75, 3),
+    Task(15, "lstm", "An LSTM from scratch, scanned over time, its state carried across chunks",
+         ("LSTMCell", "lstm_scan", "CharLSTM", "stream_chunks", "train_tbptt"), 70, 3),
 )
 
 BY_NUMBER = {t.number: t for t in TASKS}

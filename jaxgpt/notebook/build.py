@@ -44,7 +44,7 @@ INTRO = task_list.LESSONS_DIR / "intro.md"
 WARMUP = task_list.LESSONS_DIR / "part0_warmup.md"
 FINALE = task_list.LESSONS_DIR / "finale.md"
 # The part introduction shown before the first task of each part.
-PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md", 9: "part4.md", 12: "part5.md"}
+PART_BEFORE_TASK = {1: "part1.md", 2: "part2.md", 7: "part3.md", 9: "part4.md", 12: "part5.md", 15: "part6.md"}
 MILESTONE_AFTER_TASK = 1
 # Optional lessons after a task's check: they use the learner's finished code but ask for no new names.
 ASIDES_AFTER_TASK = {6: ("milestone_ladder.md", "aside_pure_functions.md")}

@@ -55,7 +55,24 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "train_tiny.curve_table": ("train_tiny", _curve_table),
     "train_tiny.sample": ("train_tiny", _sample),
     "ladder.table": ("ladder", lambda r: "\n\n" + _ladder_table(r) + "\n\n"),
+    "lstm_vs_gpt.budget_seconds": ("lstm_vs_gpt", lambda r: f"{r['budget_seconds']:g}"),
+    "lstm_vs_gpt.cpus": ("lstm_vs_gpt", lambda r: f"{r['machine']['cpus']}"),
+    "lstm_vs_gpt.load": ("lstm_vs_gpt", lambda r: f"{r['machine']['load_average_at_start']:.1f}"),
 }
+# The LSTM-against-GPT comparison: one figure per run ("gpt", "lstm", and "reset" for the run "lstm_reset").
+for _run, _key in (("gpt", "gpt"), ("lstm", "lstm"), ("reset", "lstm_reset")):
+    FIGURES.update({
+        f"lstm_vs_gpt.{_run}_params": ("lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['n_params']:,}"),
+        f"lstm_vs_gpt.{_run}_steps": ("lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['steps']:,}"),
+        f"lstm_vs_gpt.{_run}_tokens_per_second": ("lstm_vs_gpt",
+                                                  lambda r, k=_key: f"{r['runs'][k]['tokens_per_second']:,}"),
+        f"lstm_vs_gpt.{_run}_eval_loss": ("lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['final_eval_loss']:.3f}"),
+        f"lstm_vs_gpt.{_run}_eval_loss_windowed": (
+            "lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['final_eval_loss_windowed']:.3f}"),
+        f"lstm_vs_gpt.{_run}_early_step": ("lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['curve']['steps'][1]:,}"),
+        f"lstm_vs_gpt.{_run}_early_eval_loss": (
+            "lstm_vs_gpt", lambda r, k=_key: f"{r['runs'][k]['curve']['eval_loss'][1]:.3f}"),
+    })
 
 
 def _ladder_table(result: dict[str, Any]) -> str:
