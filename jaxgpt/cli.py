@@ -20,6 +20,7 @@ never a pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -431,7 +432,6 @@ def cmd_train(args) -> int:
     _prepare_devices(config, args.resume)  # before JAX starts
 
     from jaxgpt.training import loop
-    from jaxgpt import data
 
     if args.resume is not None:
         impl, task = args.impl, args.task
@@ -442,10 +442,28 @@ def cmd_train(args) -> int:
         out = Path(args.out) if args.out else loop.default_out_dir(config.name, impl, task)
     if impl is not None:
         _implementation(impl)  # a bad --impl is a usage error, said before anything loads
-    try:
+    with _training_errors(impl):
         history = loop.train(config, impl=impl, task=task, data_path=args.data, out_dir=out,
                              progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
                              data_named_by="--data")
+    if history.interrupted:
+        if history.checkpoint is not None:
+            import shlex
+
+            again = f" --data {shlex.quote(args.data)}" if args.data else ""
+            print(f"Continue this run with `jaxgpt train --resume {shlex.quote(str(out))}{again}`.", flush=True)
+        return EXIT_INTERRUPTED
+    return _done(history, out)
+
+
+@contextlib.contextmanager
+def _training_errors(impl):
+    """What a training run can say went wrong on the learner's side, as a sentence and an exit code."""
+    from jaxgpt import data
+    from jaxgpt.training import configs, loop
+
+    try:
+        yield
     except loop.CheckpointExists as err:
         resume = f"continue that run with `jaxgpt train --resume {err.directory}`, " if err.resumable else ""
         raise UserError(f"{err.directory} already holds the checkpoint of another run ({err.description}). "
@@ -460,13 +478,9 @@ def cmd_train(args) -> int:
         raise UserError(str(err), EXIT_USAGE) from None
     except data.DataError as err:
         raise UserError(str(err)) from None
-    if history.interrupted:
-        if history.checkpoint is not None:
-            import shlex
 
-            again = f" --data {shlex.quote(args.data)}" if args.data else ""
-            print(f"Continue this run with `jaxgpt train --resume {shlex.quote(str(out))}{again}`.", flush=True)
-        return EXIT_INTERRUPTED
+
+def _done(history, out) -> int:
     minutes, seconds = divmod(round(history.wall_seconds), 60)
     print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
           f"{minutes}m{seconds:02d}s ({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
@@ -483,8 +497,7 @@ def _train_lstm(args) -> int:
     if refused:
         raise UserError(f"--model lstm trains task 15's CharLSTM with its own loop, which does not take "
                         f"{', '.join(refused)}; leave {'it' if len(refused) == 1 else 'them'} out.", EXIT_USAGE)
-    from jaxgpt.training import configs, loop, recurrent
-    from jaxgpt import data
+    from jaxgpt.training import configs, recurrent
 
     try:
         config = recurrent.get_config(args.config or "tiny").with_overrides(
@@ -494,27 +507,12 @@ def _train_lstm(args) -> int:
     impl = args.impl or "tasks"
     _implementation(impl)
     out = Path(args.out) if args.out else recurrent.default_out_dir(config, impl)
-    try:
+    with _training_errors(impl):
         history = recurrent.train(config, impl=impl, data_path=args.data, out_dir=out,
                                   progress=not args.no_progress, overwrite=args.overwrite, data_named_by="--data")
-    except loop.CheckpointExists as err:
-        raise UserError(f"{err.directory} already holds the checkpoint of another run ({err.description}). "
-                        f"Training now would replace it, so nothing was started: save this one elsewhere with "
-                        f"--out DIR, or replace it with --overwrite.", EXIT_USAGE) from None
-    except loop.TrainingError as err:
-        message = str(err)
-        if impl == "tasks" and "NotImplementedError" in message:
-            message += " To train the reference's model meanwhile, add --impl reference."
-        raise UserError(message[0].upper() + message[1:]) from None
-    except data.DataError as err:
-        raise UserError(str(err)) from None
     if history.interrupted:
         return EXIT_INTERRUPTED
-    minutes, seconds = divmod(round(history.wall_seconds), 60)
-    print(f"Done: eval loss {history.final_eval_loss:.4f} after {history.steps[-1]:,} steps in "
-          f"{minutes}m{seconds:02d}s ({history.tokens_per_second:,.0f} tokens/s). Checkpoint in {out}; try "
-          f"`jaxgpt sample --checkpoint {out}`.")
-    return EXIT_OK
+    return _done(history, out)
 
 
 def _prepare_devices(config, resume: str | None) -> None:

@@ -11,7 +11,7 @@ and JavaScript, nothing fetched from elsewhere) and answers `POST /generate` wit
 one per token ({"text": ...}), ended by {"done": true, ...} or {"error": "a sentence"}; the page reads it
 with `fetch` as it arrives. Each token is one call of a jitted next-token function, which runs the model on
 a fixed window of block_size tokens (the context, padded on the right or cropped on the left, exactly as
-jaxgpt/sampling.py's loop does) and picks with sampling.py's `_pick`. Temperature and top-k are traced
+jaxgpt/sampling.py's loop does) and picks with sampling.py's `pick`. Temperature and top-k are traced
 arguments, so the function compiles once, when the page starts, and never per token or per request. The
 key is split once per token as sampling.py splits it, so with the same seed the page writes what
 `jaxgpt sample` writes (tests/test_play.py checks it). A byte-level model may emit half a UTF-8
@@ -98,7 +98,7 @@ def next_token_function(model):
         # top-k with a traced k: the k-th largest logit is the one lax.top_k would give (sampling's filter)
         kth_largest = jnp.sort(logits)[::-1][top_k - 1]
         logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-        return sampling._pick(logits, sample_key, temperature, None), key
+        return sampling.pick(logits, sample_key, temperature, None), key
 
     return jax.jit(next_token)
 

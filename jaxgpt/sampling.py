@@ -97,7 +97,7 @@ def _fill(model, params, buffer, start, key, temperature, *, window, top_k):
             raise ValueError(f"The model returned logits of shape {logits.shape} for input (1, {window}); "
                              f"sample expects (1, {window}, vocab_size).")
         logits = logits[0, pos - 1 - first].astype(jnp.float32)  # (vocab_size,): the prediction for pos
-        next_id = _pick(logits, sample_key, temperature, top_k)
+        next_id = pick(logits, sample_key, temperature, top_k)
         return buffer.at[pos].set(next_id), key
 
     buffer, _ = jax.lax.fori_loop(start, length, step, (buffer, key))
@@ -107,7 +107,7 @@ def _fill(model, params, buffer, start, key, temperature, *, window, top_k):
 _fill_compiled = jax.jit(_fill, static_argnames=("model", "window", "top_k"))
 
 
-def _pick(logits, key, temperature, top_k):
+def pick(logits, key, temperature, top_k):
     """One token id from logits (vocab_size,): top-k filter, temperature, then a categorical draw."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = jax.lax.top_k(logits, top_k)[0][-1]
