@@ -119,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                     "one optimiser step, split into N micro-batches and over the mesh's D devices. They are\n"
                     "saved with the checkpoint and kept by --resume. The first lines of a run say how each\n"
                     "step is computed: its batch, tokens, micro-batches, precision and devices.")
-    p.add_argument("--config", default=None, help="tiny (a laptop CPU, minutes; the default), challenge, video "
-                   "(a GPU), micro (seconds); with --resume, the checkpoint's")
+    p.add_argument("--config", default=None, help="tiny (a laptop CPU, minutes; the default), speedrun (the same "
+                   "model tuned to reach eval loss 1.89 soonest), challenge, video (a GPU), micro (seconds); with "
+                   "--resume, the checkpoint's")
     p.add_argument("--impl", default=None, help=impl_help.replace("the default", "the default; with --resume, "
                                                                   "the code that trained the checkpoint"))
     p.add_argument("--task", type=int, default=None, choices=(1, 6),
@@ -139,9 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="override the sequences of one optimiser step: the whole batch of a step, which "
                         "--accumulate and --mesh split, never one micro-batch or one device's share")
-    p.add_argument("--model", default="gpt", choices=("gpt", "lstm"),
+    p.add_argument("--model", default=None, choices=("gpt", "lstm"),
                    help="gpt (the default): your MiniGPT; lstm: task 15's CharLSTM, trained with its state "
-                        "carried from chunk to chunk (its configurations: tiny, micro)")
+                        "carried from chunk to chunk (its configurations: tiny, micro); with --resume, the "
+                        "checkpoint's")
     p.add_argument("--tokenizer", default=None, choices=("char", "byte"),
                    help="char (the default): one token per distinct character of the text; byte: one token per "
                         "UTF-8 byte, 256 in all, for any text of your own (accents, emoji, any script). The "
@@ -416,7 +418,7 @@ def cmd_hint(args) -> int:
 def cmd_train(args) -> int:
     from jaxgpt.training import configs  # plain values: JAX is not imported yet
 
-    if args.model == "lstm":
+    if _model_to_train(args) == "lstm":
         return _train_lstm(args)
     config = None
     try:
@@ -488,29 +490,72 @@ def _done(history, out) -> int:
     return EXIT_OK
 
 
+def _model_to_train(args) -> str:
+    """"gpt" or "lstm": --model, or with --resume the checkpoint's model (a --model that differs is refused:
+    a resumed run keeps its model)."""
+    saved = _saved_model(Path(args.resume)) if args.resume is not None else None
+    if args.model is not None and saved is not None and args.model != saved:
+        kept = "task 15's CharLSTM (--model lstm)" if saved == "lstm" else "a MiniGPT (--model gpt)"
+        raise UserError(f"--resume continues the run in {args.resume}, which trained {kept}, with its own model, "
+                        f"so that it goes on as if never interrupted; --model {args.model} asks for another. Leave "
+                        f"--model out, or start a new run without --resume.", EXIT_USAGE)
+    return args.model or saved or "gpt"
+
+
+def _saved_model(directory: Path) -> str | None:
+    """The model of the run saved in `directory`, read without JAX: "lstm" for task 15's CharLSTM, "gpt" for
+    a MiniGPT; None when it cannot be read (loading the checkpoint then says why)."""
+    import json
+
+    from jaxgpt.training import checkpoint
+
+    try:
+        meta = json.loads((directory / checkpoint.META_FILE).read_text(encoding="utf-8"))
+        return "lstm" if int((meta.get("source") or {}).get("task", 1)) == 15 else "gpt"
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def _train_lstm(args) -> int:
-    """`jaxgpt train --model lstm`: task 15's CharLSTM with truncated backpropagation through time."""
-    refused = [flag for flag, value in (("--resume", args.resume), ("--precision", args.precision),
-                                        ("--accumulate", args.accumulate), ("--mesh", args.mesh),
-                                        ("--fsdp", args.fsdp or None), ("--task", args.task),
-                                        ("--tokenizer", args.tokenizer)) if value is not None]
+    """`jaxgpt train --model lstm`: task 15's CharLSTM with truncated backpropagation through time; with
+    --resume, the CharLSTM run saved there continued with its carried LSTM state (recurrent.prepare)."""
+    refused = [flag for flag, value in (("--precision", args.precision), ("--accumulate", args.accumulate),
+                                        ("--mesh", args.mesh), ("--fsdp", args.fsdp or None), ("--task", args.task))
+               if value is not None]
     if refused:
         raise UserError(f"--model lstm trains task 15's CharLSTM with its own loop, which does not take "
                         f"{', '.join(refused)}; leave {'it' if len(refused) == 1 else 'them'} out.", EXIT_USAGE)
     from jaxgpt.training import configs, recurrent
 
+    config = None
     try:
-        config = recurrent.get_config(args.config or "tiny").with_overrides(
-            args.max_iters, args.eval_interval, batch_size=args.batch_size)
+        if args.resume is None:
+            config = recurrent.get_config(args.config or "tiny").with_overrides(
+                args.max_iters, args.eval_interval, batch_size=args.batch_size, tokenizer=args.tokenizer)
+        elif args.config is not None:
+            args.config = recurrent.get_config(args.config).name  # micro: lstm-micro, as the checkpoint says
     except (configs.ConfigError, KeyError) as err:
         raise UserError(str(err).strip("'\""), EXIT_USAGE) from None
-    impl = args.impl or "tasks"
-    _implementation(impl)
-    out = Path(args.out) if args.out else recurrent.default_out_dir(config, impl)
+    if args.resume is not None:
+        impl = args.impl
+        _check_resume_flags(args)
+        out = Path(args.out) if args.out else Path(args.resume)
+    else:
+        impl = args.impl or "tasks"
+        out = Path(args.out) if args.out else recurrent.default_out_dir(config, impl)
+    if impl is not None:
+        _implementation(impl)
     with _training_errors(impl):
         history = recurrent.train(config, impl=impl, data_path=args.data, out_dir=out,
-                                  progress=not args.no_progress, overwrite=args.overwrite, data_named_by="--data")
+                                  progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite,
+                                  data_named_by="--data")
     if history.interrupted:
+        if history.checkpoint is not None:
+            import shlex
+
+            again = f" --data {shlex.quote(args.data)}" if args.data else ""
+            print(f"Continue this run with `jaxgpt train --model lstm --resume {shlex.quote(str(out))}{again}`.",
+                  flush=True)
         return EXIT_INTERRUPTED
     return _done(history, out)
 

@@ -15,7 +15,9 @@ jaxgpt/sampling.py's loop does) and picks with sampling.py's `pick`. Temperature
 arguments, so the function compiles once, when the page starts, and never per token or per request. The
 key is split once per token as sampling.py splits it, so with the same seed the page writes what
 `jaxgpt sample` writes (tests/test_play.py checks it). A byte-level model may emit half a UTF-8
-character: the page is sent whole characters only.
+character: the page is sent whole characters only, and where the length asked for ends inside a character
+the model writes up to 3 more bytes to finish it (the done event counts them), so a completion never ends in
+a replacement character that only the cut made.
 
 What can go wrong is said in a sentence, never a traceback: a missing or damaged checkpoint stops the
 command at once (exit code 1); one that becomes unreadable while the page is served (it is read again
@@ -116,6 +118,11 @@ class _TextStream:
             return self._decoder.decode(bytes([token]))
         return self._tokenizer.decode([token])
 
+    @property
+    def inside_character(self) -> bool:
+        """Whether the bytes fed so far end inside a UTF-8 character (its first bytes wait for the rest)."""
+        return self._bytes and bool(self._decoder.getstate()[0])
+
     def finish(self) -> str:
         return self._decoder.decode(b"", final=True) if self._bytes else ""
 
@@ -163,7 +170,7 @@ class Session:
         import jax
         import jax.numpy as jnp
 
-        from jaxgpt.training import loop
+        from jaxgpt.training import loop, recurrent
 
         try:
             params, config, tokenizer, meta = checkpoint.load(self.directory)
@@ -177,10 +184,14 @@ class Session:
                 (previous.meta.get("source") or {}) == source:
             model, next_token = previous.model, previous.next_token  # the same model: no new compilation
         else:
+            # task 15's CharLSTM (jaxgpt train --model lstm) or a MiniGPT; both are called as a GPT is, the
+            # CharLSTM reading the window from its zero state
+            lstm = task == recurrent.LSTM_TASK
             try:
                 if (impl, task) not in self._model_cls:
-                    self._model_cls[(impl, task)] = loop.model_class(impl, task)
-                model = loop.build_model(self._model_cls[(impl, task)], config)
+                    self._model_cls[(impl, task)] = (recurrent.model_class(impl) if lstm else
+                                                     loop.model_class(impl, task))
+                model = (recurrent.build_model if lstm else loop.build_model)(self._model_cls[(impl, task)], config)
             except Exception as err:  # TrainingError, ConfigError: a sentence already
                 raise PlayError(f"The checkpoint's model cannot be rebuilt: {err}{choose}") from None
             next_token = next_token_function(model)
@@ -195,10 +206,14 @@ class Session:
         return _Loaded(variables, config, tokenizer, meta, model, next_token, checkpoint.describe(self.directory))
 
 
+MAX_CHARACTER_TAIL = 3  # a UTF-8 character is at most 4 bytes: at most 3 more finish one the length cut
+
+
 def generate(loaded: _Loaded, prompt_ids: Sequence[int], length: int, *, temperature: float,
-             top_k: int | None, seed: int) -> Iterator[str]:
+             top_k: int | None, seed: int, counts: dict[str, int] | None = None) -> Iterator[str]:
     """The completion of `prompt_ids`, `length` tokens, as pieces of text (whole characters), one per token
-    (none for a byte that only starts a character)."""
+    (none for a byte that only starts a character). A byte model whose `length` bytes end inside a character
+    writes up to MAX_CHARACTER_TAIL more to finish it; counts["tokens"] (if given) is the tokens written."""
     import jax
     import numpy as np
 
@@ -208,7 +223,11 @@ def generate(loaded: _Loaded, prompt_ids: Sequence[int], length: int, *, tempera
     temperature = np.float32(temperature)
     k = np.int32(top_k if top_k is not None else loaded.vocab_size)
     stream = _TextStream(loaded.tokenizer)
-    for _ in range(length):
+    written = 0
+    while written < length or (stream.inside_character and written < length + MAX_CHARACTER_TAIL):
+        written += 1
+        if counts is not None:
+            counts["tokens"] = written
         window = ids[-block:]
         context = np.zeros((block,), np.int32)
         context[: len(window)] = window
@@ -434,13 +453,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
-        started, tokens = time.perf_counter(), 0
+        started, tokens, counts = time.perf_counter(), 0, {"tokens": request.length}
         try:
             self.wfile.write(_line({"prompt": request.prompt, "seed": request.seed,
                                     "checkpoint": loaded.description}))
             try:
                 for text in generate(loaded, request.prompt_ids, request.length, temperature=request.temperature,
-                                     top_k=request.top_k, seed=request.seed):
+                                     top_k=request.top_k, seed=request.seed, counts=counts):
                     self.wfile.write(_line({"text": text}))
                     tokens += 1
             except (ConnectionError, TimeoutError):
@@ -452,7 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(_line({"error": "The model failed while generating: "
                                                  + loop.explain_model_error(err, task)}))
                 return
-            self.wfile.write(_line({"done": True, "tokens": request.length, "pieces": tokens,
+            self.wfile.write(_line({"done": True, "tokens": counts["tokens"], "pieces": tokens,
                                     "seconds": round(time.perf_counter() - started, 3), "seed": request.seed}))
         except (ConnectionError, TimeoutError):
             pass  # the page stopped reading (Stop, or the tab was closed): generating further is wasted
@@ -639,8 +658,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a directory written by `jaxgpt train`")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"the port on {HOST} (default: %(default)s; 0 takes any free port)")
-    parser.add_argument("--impl", default=None, help="the code whose MiniGPT to use (default: the one that "
-                        "trained the checkpoint)")
+    parser.add_argument("--impl", default=None, help="the code whose model to use, its MiniGPT or its task 15 "
+                        "CharLSTM (default: the one that trained the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -296,3 +296,32 @@ def test_train_model_lstm_writes_a_checkpoint_that_sample_reads(capsys, tmp_path
     assert code == 0 and len(out.removesuffix("\n")) == len("the ") + 12, out + err
     code, _, err = run(capsys, "train", "--model", "lstm", "--precision", "bfloat16", "--data", str(corpus))
     assert code == 2 and "does not take --precision" in err
+
+
+def test_train_resume_continues_an_lstm_run_and_refuses_another_model_or_tokenizer(capsys, tmp_path, corpus):
+    """`jaxgpt train --resume DIR` continues a CharLSTM run (byte-level here) as an LSTM run, with its carried
+    state, without being told --model lstm; a flag that would change its model, configuration or tokenizer is
+    refused with a sentence, as for the GPT"""
+    from jaxgpt.training import loop, recurrent
+
+    config = recurrent.get_config("micro").with_overrides(4, 2, tokenizer="byte")
+    run_ = recurrent.prepare(config, impl="reference", text=CORPUS, steps_per_call=2)
+    run_.step = 2  # saved as a run stopped at step 2 of 4 (tests/test_recurrent_training.py trains one)
+    out = tmp_path / "lstm"
+    loop.save(run_, out)
+    for argv, words in ((["--model", "gpt"], "which trained task 15's CharLSTM (--model lstm), with its own model"),
+                        (["--tokenizer", "char"], "--tokenizer char (it has byte)"),
+                        (["--config", "tiny"], "--config lstm-tiny (it has lstm-micro)")):
+        code, out_, err = run(capsys, "train", "--resume", str(out), "--data", str(corpus), *argv)
+        assert code == 2 and words in err, out_ + err
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "checkpoint.json").write_text(json.dumps({"source": {"impl": "reference", "task": 1}}))
+    code, _, err = run(capsys, "train", "--model", "lstm", "--resume", str(gpt))
+    assert code == 2 and "which trained a MiniGPT (--model gpt)" in err, err
+    code, out_, err = run(capsys, "train", "--resume", str(out), "--data", str(corpus), "--no-progress")
+    assert code == 0, out_ + err
+    assert (f"Resuming `lstm-micro` from {out} at step 2 of 4: task 15's CharLSTM from reference, the same "
+            f"optimiser state, LSTM state and chunks.") in out_ and "Done: eval loss" in out_, out_
+    code, out_, err = run(capsys, "sample", "--checkpoint", str(out), "--prompt", "Ωmega ✓", "--tokens", "8")
+    assert code == 0 and out_.startswith("Ωmega ✓"), out_ + err

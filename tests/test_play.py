@@ -16,6 +16,8 @@ numbers and so is every token drawn.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import os
 import re
@@ -30,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -222,6 +225,121 @@ def test_a_byte_model_is_streamed_in_whole_characters():
     assert [broken.feed(b) for b in b"\xe2\x82"] == ["", ""] and broken.feed(ord("x")) == "\ufffdx"
     chars = play._TextStream(TOKENIZER)
     assert chars.feed(TOKENIZER.encode("q")[0]) == "q" and chars.finish() == ""
+
+
+def test_a_byte_model_finishes_the_character_the_length_cut():
+    stream = play._TextStream(ByteTokenizer())
+    assert [stream.feed(b) for b in "é".encode("utf-8")] == ["", "é"] and not stream.inside_character
+    for byte in "🙂".encode("utf-8")[:3]:
+        assert stream.feed(byte) == "" and stream.inside_character
+    assert stream.feed("🙂".encode("utf-8")[3]) == "🙂" and not stream.inside_character
+    assert not play._TextStream(TOKENIZER).inside_character
+
+
+# ---- a byte-level checkpoint, trained here, served and asked through the HTTP API ------------------------
+
+BYTE_TEXT = "Déjà vu, naïve café 🙂 — « ça va ? » 🎉 crème brûlée.\n" * 40  # 2,800 bytes, 2,080 characters
+
+
+@contextlib.contextmanager
+def serving(directory: Path):
+    """jaxgpt/play.py's server for `directory` in this process (a thread), on a free port."""
+    session = play.Session(directory)
+    session.start()
+    httpd = play.make_server(session, 0)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}/")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def train_bytes(tmp_path: Path, steps: int) -> Path:
+    """`jaxgpt train --tokenizer byte` of the micro GPT on BYTE_TEXT, saved in the test's own directory."""
+    from jaxgpt import cli
+
+    corpus, out = tmp_path / "accents and emoji.txt", tmp_path / "bytes"
+    corpus.write_text(BYTE_TEXT, encoding="utf-8")
+    code = cli.main(["train", "--config", "micro", "--impl", "reference", "--data", str(corpus), "--tokenizer",
+                     "byte", "--out", str(out), "--max-iters", str(steps), "--eval-interval", str(steps),
+                     "--no-progress"])
+    assert code == 0
+    return out
+
+
+def sampled_bytes(directory: Path, prompt: str, tokens: int, seed: int, temperature: float) -> list[int]:
+    """The bytes `jaxgpt sample` (sampling.sample) writes after `prompt`."""
+    import jax
+
+    from jaxgpt import sampling
+    from jaxgpt.training import checkpoint, loop
+
+    params, config, tokenizer, _ = checkpoint.load(directory)
+    model = loop.build_model(loop.model_class("reference", 1), config)
+    prompt_ids = tokenizer.encode(prompt)
+    ids = sampling.sample(model, params, prompt_ids, jax.random.PRNGKey(seed), tokens, temperature=temperature,
+                          block_size=config.model.block_size)
+    return [int(i) for i in ids[len(prompt_ids):]]
+
+
+def test_a_byte_checkpoint_answers_through_the_http_api_in_whole_characters(tmp_path):
+    """A model trained with --tokenizer byte on a text with accents and emoji, served by jaxgpt/play.py: the
+    answer is UTF-8 JSON lines (read strictly), each piece whole characters, the completion what `jaxgpt
+    sample` writes with the same seed, finished where the length ended inside a character"""
+    directory = train_bytes(tmp_path, 4)
+    prompt = "naïve café 🙂 "
+    with serving(directory) as server:
+        status, events = post(server, {"prompt": prompt, "temperature": "1", "top_k": "", "length": "40",
+                                       "seed": "3"})
+    assert status == 200, events
+    assert events[0]["prompt"] == prompt and "`micro` at step 4" in events[0]["checkpoint"]
+    done = events[-1]
+    assert done["done"] and 40 <= done["tokens"] <= 40 + play.MAX_CHARACTER_TAIL, done
+    pieces = [e["text"] for e in events[1:-1]]
+    assert all(pieces) and done["pieces"] == len(pieces)
+    written = sampled_bytes(directory, prompt, done["tokens"], seed=3, temperature=1.0)
+    assert "".join(pieces) == ByteTokenizer().decode(written), "the page must write what `jaxgpt sample` writes"
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(bytes(written[:40]))
+    cut = bool(decoder.getstate()[0])  # the 40th byte ended inside a character: the page finished it
+    assert (done["tokens"] > 40) == cut, (written, done)
+
+
+@pytest.mark.slow
+def test_a_trained_byte_checkpoint_writes_its_accents_and_emoji_through_the_http_api(tmp_path):
+    """Trained long enough to learn BYTE_TEXT: its greedy completions are the text's own characters, accents and
+    emoji whole, with no replacement character, also where the length asked for ends inside an emoji"""
+    directory = train_bytes(tmp_path, 120)
+    prompt = "naïve café "
+    with serving(directory) as server:
+        status, events = post(server, {"prompt": prompt, "temperature": "0", "length": "2", "seed": "0"})
+        assert status == 200 and "".join(e.get("text", "") for e in events[1:]) == "🙂", events
+        assert events[-1]["tokens"] == 4, "2 bytes of a 4-byte emoji, finished by 2 more"
+        status, events = post(server, {"prompt": prompt, "temperature": "0", "length": "120", "seed": "0"})
+    completion = "".join(e.get("text", "") for e in events[1:])
+    assert status == 200 and events[-1]["done"], events
+    assert "\ufffd" not in completion and {"é", "è", "û", "🎉", "«"} <= set(completion), completion
+    assert prompt + completion in BYTE_TEXT * 2, completion
+
+
+def test_an_lstm_checkpoint_is_served_as_jaxgpt_sample_samples_it(tmp_path):
+    """jaxgpt play serves task 15's CharLSTM (`jaxgpt train --model lstm`) too, writing what the sampler writes"""
+    import jax
+
+    from jaxgpt import sampling
+    from jaxgpt.training import checkpoint, recurrent
+
+    config = recurrent.get_config("micro").with_vocab_size(TOKENIZER.vocab_size)
+    model = recurrent.build_model(recurrent.model_class("reference"), config)
+    params = recurrent.init_params(model, config, jax.random.PRNGKey(1))
+    checkpoint.save(tmp_path, params, config, TOKENIZER, step=0, source={"impl": "reference", "task": 15})
+    loaded = play.Session(tmp_path).start()
+    got = "".join(play.generate(loaded, TOKENIZER.encode(PROMPT), 30, temperature=1.0, top_k=None, seed=SEED))
+    ids = sampling.sample(model, params, TOKENIZER.encode(PROMPT), jax.random.PRNGKey(SEED), 30,
+                          block_size=config.model.block_size)
+    assert got == TOKENIZER.decode(ids[len(PROMPT):])
 
 
 # ---- in a real browser ----------------------------------------------------------------------------------

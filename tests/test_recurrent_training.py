@@ -67,8 +67,9 @@ def test_steps_carry_the_state_across_calls(setup):
     tx = loop.make_optimizer(CONFIG.train)
     half = (steps + 1) // 2
     carried = recurrent.CarriedSteps(recurrent.make_train_steps(model, tx, CONFIG, half), jnp.asarray(xs),
-                                     jnp.asarray(ys), recurrent.zero_state(CONFIG.model, CONFIG.train.batch_size))
-    p, opt_state, first = carried(params, tx.init(params), None, None, 0)
+                                     jnp.asarray(ys))
+    zeros = recurrent.zero_state(CONFIG.model, CONFIG.train.batch_size)
+    p, opt_state, first = carried(params, (tx.init(params), zeros), None, None, 0)
     p, opt_state, second = carried(p, opt_state, None, None, half)
     losses = np.concatenate([first, second])
     expected_params, expected = _replay(model, params, tx, xs, ys, 2 * half)
@@ -100,6 +101,7 @@ def test_train_saves_a_checkpoint_the_sampler_reads(tmp_path):
                               log=lines.append)
     assert history.steps == [0, 2, 4] and all(np.isfinite(history.eval_losses))
     assert history.task == recurrent.LSTM_TASK and len(history.batch_losses) == 4
+    assert history.compile_seconds > 0, "loop.fit compiles the LSTM's step ahead (CarriedSteps.lower)"
     meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert meta["source"]["task"] == recurrent.LSTM_TASK and meta["config"]["name"] == "lstm-micro"
     params = serialization.msgpack_restore((tmp_path / "run" / "params.msgpack").read_bytes())
@@ -123,3 +125,76 @@ def test_tiny_lstm_matches_the_tiny_gpt():
     n_lstm, n_gpt = count(recurrent.param_shapes(lstm.model)), count(contract.model_shapes(**vars(gpt.model)))
     assert abs(n_lstm - n_gpt) / n_gpt < 0.01, (n_lstm, n_gpt)
     assert lstm.train.batch_size * lstm.model.block_size == gpt.train.batch_size * gpt.model.block_size
+
+
+# ---- resuming: the carried state is saved with the optimiser's ------------------------------------------
+
+
+def _leaves_equal(a, b) -> None:
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+RESUMED = recurrent.get_config("micro").with_overrides(max_iters=8, eval_interval=4)
+
+
+def test_resume_continues_the_stream_with_the_carried_state(tmp_path):
+    """Stopped by Ctrl-C at step 4 (mid-pass), then resumed: the same chunks from the LSTM state the interrupted
+    run carried, so every loss and parameter is the uninterrupted run's bit for bit; a resume from the zero
+    state (what saving the parameters and the optimiser alone would give) differs"""
+    import os
+    import signal
+
+    from jaxgpt.training import checkpoint
+
+    quiet = lambda line: None  # noqa: E731
+    whole = recurrent.train(RESUMED, impl="reference", text=TEXT, out_dir=tmp_path / "whole", progress=False,
+                            steps_per_call=2, log=quiet)
+
+    def ctrl_c_at_step_4(line: str) -> None:
+        if line.startswith("step 4:"):
+            os.kill(os.getpid(), signal.SIGINT)  # the run's own handler takes it: it stops after saving
+
+    first = recurrent.train(RESUMED, impl="reference", text=TEXT, out_dir=tmp_path / "cut", progress=False,
+                            steps_per_call=2, log=ctrl_c_at_step_4)
+    assert first.interrupted and first.steps == [0, 4] and checkpoint.load(tmp_path / "cut")[3]["step"] == 4
+    assert 4 < recurrent.chunks(np.zeros(int(len(TEXT) * 0.9)), 8, 16)[0].shape[0], "step 4 is mid-pass"
+
+    run = recurrent.prepare(None, resume=tmp_path / "cut", text=TEXT, steps_per_call=2)
+    tx_state, carried = run.opt_state
+    assert max(float(jnp.abs(h).max()) for _, h in carried) > 0.05, "the saved LSTM state is the carried one"
+    run.opt_state = (tx_state, recurrent.zero_state(run.config.model, run.config.train.batch_size))
+    restarted = loop.fit(run, progress=False, log=quiet)
+    assert np.abs(np.array(restarted.batch_losses[4:]) - whole.batch_losses[4:]).max() > 1e-4
+
+    lines = []
+    resumed = recurrent.train(None, resume=tmp_path / "cut", text=TEXT, progress=False, steps_per_call=2,
+                              log=lines.append)
+    assert any(line.startswith(f"Resuming `lstm-micro` from {tmp_path / 'cut'} at step 4 of 8: task 15's CharLSTM "
+                               f"from reference, the same optimiser state, LSTM state and chunks.")
+               for line in lines), lines
+    assert not resumed.interrupted and resumed.steps == whole.steps == [0, 4, 8]
+    assert resumed.batch_losses == whole.batch_losses and resumed.eval_losses == whole.eval_losses
+    _leaves_equal(resumed.params, whole.params)
+
+
+def test_resume_refuses_another_configuration_text_or_model(tmp_path):
+    """A resume keeps the run's configuration (its tokenizer too), its text and its model, and says so"""
+    from jaxgpt.training import checkpoint
+
+    run = recurrent.prepare(RESUMED, impl="reference", text=TEXT, steps_per_call=2)
+    run.step = 2  # as if stopped there: the refusals come before any step
+    loop.save(run, tmp_path / "lstm")
+    quiet = dict(progress=False, log=lambda line: None)
+    with pytest.raises(loop.TrainingError, match=r"keeps its configuration and tokenizer"):
+        recurrent.train(RESUMED.with_overrides(tokenizer="byte"), resume=tmp_path / "lstm", text=TEXT, **quiet)
+    with pytest.raises(loop.TrainingError, match=r"trained on another text: resume it with the same text"):
+        recurrent.train(None, resume=tmp_path / "lstm", text=TEXT[::-1], **quiet)
+    gpt = configs.get_config("micro").with_vocab_size(run.config.model.vocab_size)
+    params = jax.tree_util.tree_map(np.zeros, contract.model_shapes(**vars(gpt.model)),
+                                    is_leaf=lambda s: isinstance(s, tuple))
+    checkpoint.save(tmp_path / "gpt", params, gpt, run.tokenizer, step=1, source={"impl": "reference", "task": 1},
+                    training={"opt_state": loop.make_optimizer(gpt.train).init(params), "train_key": run.train_key,
+                              "eval_key": run.eval_key, "text_sha256": run.text_sha256})
+    with pytest.raises(loop.TrainingError, match=r"trained task 1's MiniGPT, not task 15's CharLSTM"):
+        recurrent.train(None, resume=tmp_path / "gpt", text=TEXT, **quiet)

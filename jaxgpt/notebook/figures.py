@@ -75,6 +75,57 @@ for _run, _key in (("gpt", "gpt"), ("lstm", "lstm"), ("reset", "lstm_reset")):
     })
 
 
+_IMPLS = (("jax", "JAX reference"), ("torch-eager", "PyTorch eager"), ("torch-compile", "torch.compile"))
+
+
+def _throughput_table(result: dict[str, Any]) -> str:
+    """bench/results/throughput.json as a markdown table: per configuration and implementation."""
+    lines = ["| configuration | implementation | tokens/s | MFU | compile or first step | peak RSS |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, row in result["configs"].items():
+        for impl, title in _IMPLS:
+            r = row.get(impl)
+            if not r or "failed" in r:
+                continue
+            first = r.get("compile_s", r.get("first_step_s"))
+            lines.append(f"| `{name}` (batch {row['batch_size']} x {row['block_size']}) | {title} | "
+                         f"{r['tokens_per_second']:,} | {r['mfu']:.0%} | {first:.1f} s | {r['peak_rss_mib']:,} MiB |")
+    return "\n".join(lines)
+
+
+def _time_to_loss_table(result: dict[str, Any]) -> str:
+    """bench/results/time_to_loss.json as a markdown table: the median seconds to the target per implementation."""
+    lines = [f"| implementation | seconds to eval loss {result['target']} (median of {result['repeats']}) | "
+             f"the runs | tokens/s |", "|---|---:|---|---:|"]
+    for impl, title in _IMPLS:
+        s = result["summary"].get(impl)
+        if s is None:
+            continue
+        t = s["median_seconds_to_target"]
+        runs = ", ".join("-" if v is None else f"{v:.1f}" for v in s["seconds_to_target_all"])
+        lines.append(f"| {title} | {'not reached' if t is None else f'{t:.1f}'} | {runs} | "
+                     f"{s['median_tokens_per_second']:,} |")
+    return "\n".join(lines)
+
+
+def _ratio(result: dict[str, Any], config: str, mode: str) -> str:
+    return f"{result['configs'][config][f'jax_over_torch_{mode}']:.2f}"
+
+
+FIGURES.update({
+    "throughput.table": ("throughput", lambda r: "\n\n" + _throughput_table(r) + "\n\n"),
+    "throughput.peak_gflops": ("throughput", lambda r: f"{r['peak_gflops']:.0f}"),
+    "throughput.load": ("throughput", lambda r: f"{r['machine']['load_average_at_start'][0]:.1f}"),
+    "throughput.tiny_over_eager": ("throughput", lambda r: _ratio(r, "tiny", "eager")),
+    "throughput.speedrun_over_eager": ("throughput", lambda r: _ratio(r, "speedrun", "eager")),
+    "time_to_loss.table": ("time_to_loss", lambda r: "\n\n" + _time_to_loss_table(r) + "\n\n"),
+    "time_to_loss.jax_seconds": ("time_to_loss", lambda r: f"{r['summary']['jax']['median_seconds_to_target']:.0f}"),
+    "time_to_loss.jax_fraction": ("time_to_loss",
+                                  lambda r: f"{r['summary']['torch-eager']['jax_time_fraction']:.2f}"),
+    "time_to_loss.load": ("time_to_loss", lambda r: f"{r['machine']['load_average_at_start'][0]:.1f}"),
+})
+
+
 def _ladder_table(result: dict[str, Any]) -> str:
     from jaxgpt import ladder  # light: no JAX until a ladder trains
 

@@ -141,7 +141,8 @@ def describe(directory: str | os.PathLike) -> str:
             parts.append(f"eval loss {eval_loss:.4f}")
         source = meta.get("source") or {}
         if source.get("impl"):
-            parts.append(f"task {source.get('task', 1)}'s MiniGPT from {source['impl']}")
+            task = int(source.get("task", 1))
+            parts.append(f"task {task}'s {'CharLSTM' if task == 15 else 'MiniGPT'} from {source['impl']}")
         if meta.get("saved_at"):
             parts.append(f"saved {meta['saved_at']}")
         return ", ".join(parts)

@@ -119,8 +119,15 @@ def build_model(model_cls, config: Config):
                             f"{err}.") from None
 
 
-def explain_model_error(err: BaseException, task: int, name: str = "MiniGPT") -> str:
-    """A sentence for an exception raised inside a learner's model (a stub, a bug), for the command line."""
+def model_name(task: int) -> str:
+    """The class a run of task `task` trains, for its sentences: task 15's CharLSTM, else the MiniGPT."""
+    return "CharLSTM" if int(task) == 15 else "MiniGPT"
+
+
+def explain_model_error(err: BaseException, task: int, name: str | None = None) -> str:
+    """A sentence for an exception raised inside a learner's model (a stub, a bug), for the command line.
+    name: the class named when it is unfinished (default model_name(task))."""
+    name = name or model_name(task)
     verdict = outcomes.classify(err, task_list.get_task(task))
     if verdict.status == outcomes.NOT_STARTED:
         return f"task {task} is not finished: `{name}` still raises NotImplementedError."
@@ -266,10 +273,12 @@ def make_grad_fn(model, config: Config, mesh=None):
     return grad_fn
 
 
-def make_train_steps(model, tx, config: Config, steps_per_call: int, mesh=None):
+def make_train_steps(model, tx, config: Config, steps_per_call: int, mesh=None, donate: bool = False):
     """A jitted function running `steps_per_call` training steps: (params, opt_state, data, key, first_step)
     -> (params, opt_state, losses (steps_per_call,)). With `mesh` (scaling.make_mesh), the parameters and
-    optimiser state come and go placed as scaling.place puts them, and each batch is split over the mesh."""
+    optimiser state come and go placed as scaling.place puts them, and each batch is split over the mesh.
+    donate: the call may overwrite the parameters and optimiser state it is given (their buffers become the
+    results'), so the caller must not use them again."""
     import jax
 
     from jaxgpt.data import get_batch
@@ -289,7 +298,7 @@ def make_train_steps(model, tx, config: Config, steps_per_call: int, mesh=None):
             params, opt_state = scaling.constrain((params, opt_state), mesh, config.train)
         return (params, opt_state, data, key), loss
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
     def train_steps(params, opt_state, data, key, first_step):
         steps = first_step + jax.numpy.arange(steps_per_call)
         (params, opt_state, _, _), losses = jax.lax.scan(one_step, (params, opt_state, data, key), steps)
@@ -717,13 +726,13 @@ def fit(run: Run, *, out_dir: str | os.PathLike | None = None, progress: bool = 
                 ctrl_c.saved_step = run.step
 
         if run.resumed_from is None:
-            say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s MiniGPT from "
+            say(f"Training `{config.name}`: {history.n_params:,} parameters, task {task}'s {model_name(task)} from "
                 f"{run.impl_label}, {int(run.train_data.shape[0]):,} training tokens, {train_cfg.max_iters:,} "
                 f"steps of {tokens_per_step:,} tokens.")
         else:
             say(f"Resuming `{config.name}` from {run.resumed_from} at step {run.step:,} of "
-                f"{train_cfg.max_iters:,}: task {task}'s MiniGPT from {run.impl_label}, the same optimiser state "
-                f"and batches.")
+                f"{train_cfg.max_iters:,}: task {task}'s {model_name(task)} from {run.impl_label}, the same "
+                f"{'optimiser state, LSTM state and chunks' if int(task) == 15 else 'optimiser state and batches'}.")
             ctrl_c.saved_step = run.step if out is not None and _same_path(out, Path(run.resumed_from)) else None
         from jaxgpt.training import scaling
 

@@ -13,13 +13,24 @@ read in order (Karpathy's char-rnn, PyTorch's word-language model):
     optimizer  the GPT's: AdamW, global-norm clipping, warmup and cosine decay (loop.make_optimizer)
     eval       the mean loss of the first eval_iters chunks of each split, read in order from the zero
                state, the way the model reads text; deterministic, so no key
+    tokenizer  the GPT's: one token per character of the text, or per UTF-8 byte (config.train.tokenizer)
+    resume     prepare(resume=directory) continues a saved run exactly as it would have gone on: the step
+               says where in the stream it is (step s trains on chunk s % N, and N is fixed by the text, whose
+               SHA-256 the checkpoint keeps, and the configuration), and the LSTM state the last step ended
+               with is saved with the optimiser state (see below), so the next chunk starts from it
     the rest   loop.fit's: the progress bar, evaluations, checkpoints (source task 15, so that `jaxgpt sample`
                rebuilds a CharLSTM), history.json, Ctrl-C
+
+The LSTM state is part of what a step carries to the next, so it travels where loop.fit keeps that: the Run's
+`opt_state` is the pair (the optimiser's state, the LSTM state). loop.save writes it into the checkpoint's
+training state in the same atomic save as the parameters, so a checkpoint's LSTM state always belongs to its
+step, and a resumed run starts its next chunk from the state the interrupted run would have carried into it.
+Without it a resume would have to restart every stream from zeros mid-pass: the lesson's "state reset"
+mistake once, and losses that differ from the uninterrupted run's.
 
 A configuration is the GPT's `Config`, its fields read as: block_size the chunk length T, n_embd the LSTM's
 width (embedding and hidden state), n_layer the LSTM layers; n_head and dropout_rate are unused. `CONFIGS`
 holds the LSTM's configurations, sized to the GPT's of the same name (a similar parameter count).
-The LSTM state is not saved with a checkpoint: a run is trained start to finish (resuming is not offered).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import functools
 import hashlib
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -121,18 +133,36 @@ def init_params(model, config: Config, key):
     import jax
     import jax.numpy as jnp
 
-    from jaxgpt.training.checkpoint import tree_mismatch
-
     dummy = jnp.zeros((1, config.model.block_size), jnp.int32)
     try:
         params = jax.jit(model.init)(key, dummy)["params"]
     except Exception as err:  # the learner's code: a stub or a bug
         raise loop.TrainingError(loop.explain_model_error(err, LSTM_TASK, "CharLSTM")) from None
+    _check_tree(params, config)
+    return params
+
+
+def check_model_tree(model, config: Config) -> None:
+    """The model's parameter tree, traced (not run), checked against the lesson's tree: a model changed since
+    its checkpoint was saved is named here, not deep inside a compiled step."""
+    import jax
+    import jax.numpy as jnp
+
+    dummy = jnp.zeros((1, config.model.block_size), jnp.int32)
+    try:
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
+    except Exception as err:  # the learner's code: a stub or a bug
+        raise loop.TrainingError(loop.explain_model_error(err, LSTM_TASK, "CharLSTM")) from None
+    _check_tree(shapes, config)
+
+
+def _check_tree(params, config: Config) -> None:
+    from jaxgpt.training.checkpoint import tree_mismatch
+
     problem = tree_mismatch(loop._plain_dict(params), param_shapes(config.model))
     if problem:
         raise loop.TrainingError(f"The CharLSTM of task {LSTM_TASK} does not have the lesson's parameter tree "
                                  f"({problem}); run `jaxgpt check {LSTM_TASK}` to see what differs.")
-    return params
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,36 +244,68 @@ def make_evaluate(model, config: Config):
 
 class CarriedSteps:
     """loop.fit's training call, `(params, opt_state, data, key, first_step) -> (params, opt_state, losses)`,
-    for the LSTM: the chunks and the LSTM state live here, and the state one call ends with is where the next
-    call begins. `data` and `key` are unused (the chunks are read in order)."""
+    for the LSTM. Its `opt_state` is the pair (the optimiser's state, the LSTM state): the state one call ends
+    with is where the next call begins, and it is saved and resumed with the rest of the training state. The
+    chunks (N, B, T) live here; `data` and `key` are unused (the chunks are read in order, step s chunk s % N).
+    """
 
-    def __init__(self, train_steps: Callable, xs, ys, lstm_state):
-        self.train_steps, self.xs, self.ys, self.lstm_state = train_steps, xs, ys, lstm_state
+    def __init__(self, train_steps: Callable, xs, ys):
+        self.train_steps, self.xs, self.ys = train_steps, xs, ys
 
     def __call__(self, params, opt_state, data=None, key=None, first_step=0):
-        params, opt_state, self.lstm_state, losses = self.train_steps(params, opt_state, self.lstm_state, self.xs,
-                                                                      self.ys, first_step)
-        return params, opt_state, losses
+        tx_state, lstm_state = opt_state
+        params, tx_state, lstm_state, losses = self.train_steps(params, tx_state, lstm_state, self.xs, self.ys,
+                                                                first_step)
+        return params, (tx_state, lstm_state), losses
+
+    def lower(self, params, opt_state, data=None, key=None, first_step=0):
+        """jax.jit's `lower` for loop.fit, which compiles the step ahead of its first call (so that tokens per
+        second count training alone): `.compile()` gives a CarriedSteps around the compiled function."""
+        lowered = self.train_steps.lower(params, *opt_state, self.xs, self.ys, first_step)
+        return _Lowered(lambda: CarriedSteps(lowered.compile(), self.xs, self.ys))
+
+
+class _Lowered:
+    def __init__(self, compile: Callable[[], CarriedSteps]):
+        self.compile = compile
 
 
 # ----------------------------------------------------------------------------------------------------
 # The run
 
 
-def prepare(config: Config, *, impl: Any = "reference", text: str | None = None,
+def prepare(config: Config | None, *, impl: Any = None, text: str | None = None,
             data_path: str | os.PathLike | None = None, steps_per_call: int = 10,
-            data_named_by: str = "data_path") -> loop.Run:
-    """Reads the text, builds task 15's CharLSTM from `impl`, initialises it and the optimiser: a loop.Run at
-    step 0 that loop.fit trains. Raises loop.TrainingError, ConfigError, data.DataError."""
+            resume: str | os.PathLike | None = None, data_named_by: str = "data_path") -> loop.Run:
+    """Reads the text, builds task 15's CharLSTM from `impl` (default "reference"), initialises it and the
+    optimiser: a loop.Run at step 0 that loop.fit trains. The Run's opt_state is the pair (the optimiser's
+    state, the LSTM state), see CarriedSteps.
+
+    resume: a checkpoint directory of a CharLSTM run to continue where it stopped, with its configuration
+    (config may be None; one that differs is refused), parameters, optimiser state, step and carried LSTM
+    state, so that every loss is the uninterrupted run's; impl defaults to the code that trained it, and the
+    text must be the same. Raises loop.TrainingError, ConfigError, data.DataError."""
     import jax
 
     from jaxgpt import data
-    from jaxgpt.tokenizer import CharTokenizer
+    from jaxgpt.tokenizer import ByteTokenizer, CharTokenizer
 
     started = time.perf_counter()
+    resumed = _load_for_resume(resume, config) if resume is not None else None
+    if resumed is not None:
+        config = resumed["config"]
+        impl = resumed["source"].get("impl", "reference") if impl is None else impl
+    if config is None:
+        raise ConfigError("No configuration was given: name one (recurrent.get_config('tiny')) or resume a "
+                          "checkpoint.")
+    impl = "reference" if impl is None else impl
     if text is None:
         text = data.load_text(data_path, named_by=data_named_by)
-    tokenizer = CharTokenizer.from_text(text)
+    text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if resumed is not None and text_sha256 != resumed["training"]["text_sha256"]:
+        raise loop.TrainingError(f"The run in {resume} was trained on another text: resume it with the same text "
+                                 f"(the same --data) it started with.")
+    tokenizer = ByteTokenizer() if config.train.tokenizer == "byte" else CharTokenizer.from_text(text)
     config = config.with_vocab_size(tokenizer.vocab_size)
     B, T = config.train.batch_size, config.model.block_size
     ids = np.asarray(tokenizer.encode(text), dtype=np.int32)
@@ -260,14 +322,24 @@ def prepare(config: Config, *, impl: Any = "reference", text: str | None = None,
     impl_label = loop._impl_label(impl)
     model = build_model(model_class(impl), config)
     tx = loop.make_optimizer(config.train)
-    init_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
-    params = init_params(model, config, init_key)
-    history = loop.History(config=config.to_dict(), impl=impl_label, task=LSTM_TASK,
-                           n_params=loop.count_params(params))
+    if resumed is None:
+        init_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
+        params = init_params(model, config, init_key)
+        opt_state, step = (tx.init(params), zero_state(config.model, B)), 0
+        history = loop.History(config=config.to_dict(), impl=impl_label, task=LSTM_TASK,
+                               n_params=loop.count_params(params))
+    else:
+        check_model_tree(model, config)
+        training = resumed["training"]
+        params, opt_state = jax.device_put(resumed["params"]), jax.device_put(training["opt_state"])
+        train_key, eval_key = jax.device_put(training["train_key"]), jax.device_put(training["eval_key"])
+        step = training["step"]
+        history = loop._history_for_resume(Path(resume), config, impl_label, LSTM_TASK,
+                                           loop.count_params(params), step)
     history.params, history.tokenizer = params, tokenizer
-    k = loop._steps_per_call(steps_per_call, config.train)
+    k = loop._steps_per_call(steps_per_call, config.train, start=step)
     steps = CarriedSteps(make_train_steps(model, tx, config, k), jax.device_put(train_xs),
-                         jax.device_put(train_ys), zero_state(config.model, B))
+                         jax.device_put(train_ys))
     evaluate_chunks = make_evaluate(model, config)
     split = [jax.device_put(a[:n_eval]) for a in (train_xs, train_ys, eval_xs, eval_ys)]
 
@@ -275,28 +347,70 @@ def prepare(config: Config, *, impl: Any = "reference", text: str | None = None,
         return evaluate_chunks(params, split[0], split[1]), evaluate_chunks(params, split[2], split[3])
 
     return loop.Run(config=config, task=LSTM_TASK, impl_label=impl_label, tokenizer=tokenizer, model=model,
-                    params=params, opt_state=tx.init(params), train_data=jax.device_put(train_ids),
+                    params=params, opt_state=opt_state, train_data=jax.device_put(train_ids),
                     eval_data=jax.device_put(eval_ids), train_steps=steps, evaluate=evaluate, steps_per_call=k,
-                    train_key=train_key, eval_key=eval_key, history=history, started=started, step=0,
-                    text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+                    train_key=train_key, eval_key=eval_key, history=history, started=started, step=step,
+                    text_sha256=text_sha256, resumed_from=None if resume is None else str(resume),
+                    earlier_wall_seconds=history.wall_seconds if resume is not None else 0.0)
 
 
-def train(config: Config | str = "tiny", *, impl: Any = "reference", text: str | None = None,
+def _load_for_resume(resume: str | os.PathLike, config: Config | None) -> dict[str, Any]:
+    """The CharLSTM checkpoint to resume, with its training state (the optimiser's and the LSTM's);
+    loop.TrainingError with a sentence if it cannot be resumed."""
+    from jaxgpt.training import checkpoint
+
+    try:
+        params, saved_config, _, meta = checkpoint.load(resume)
+    except checkpoint.CheckpointError as err:
+        raise loop.TrainingError(str(err)) from None
+    source = meta.get("source") or {}
+    task = int(source.get("task", 1))
+    if task != LSTM_TASK:
+        raise loop.TrainingError(f"The run in {resume} trained task {task}'s MiniGPT, not task {LSTM_TASK}'s "
+                                 f"CharLSTM: a resumed run keeps its model, so continue it as a GPT run "
+                                 f"(`jaxgpt train --resume {resume}`, without --model lstm).")
+    if config is not None and config.with_vocab_size(saved_config.model.vocab_size) != saved_config:
+        raise loop.TrainingError(
+            f"The run in {resume} was trained with the configuration `{saved_config.name}` (max_iters "
+            f"{saved_config.train.max_iters:,}, eval_interval {saved_config.train.eval_interval:,}, tokenizer "
+            f"{saved_config.train.tokenizer}); a resumed run keeps its configuration and tokenizer, so that it "
+            f"goes on exactly as it would have without the interruption.")
+    template = (loop.make_optimizer(saved_config.train).init(params),
+                zero_state(saved_config.model, saved_config.train.batch_size))
+    try:
+        training = checkpoint.load_training_state(resume, template)
+    except checkpoint.CheckpointError as err:
+        raise loop.TrainingError(f"{err} (A CharLSTM checkpoint holds the optimiser's state and the LSTM state "
+                                 f"its last step ended with.)") from None
+    if training["step"] >= saved_config.train.max_iters:
+        raise loop.TrainingError(f"The run in {resume} is finished (step {training['step']:,} of "
+                                 f"{saved_config.train.max_iters:,}): there is nothing to resume. Sample from it "
+                                 f"(`jaxgpt sample --checkpoint {resume}`), or start a new run with more steps.")
+    return {"params": params, "config": saved_config, "source": source, "training": training}
+
+
+def train(config: Config | str | None = "tiny", *, impl: Any = None, text: str | None = None,
           data_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
           progress: bool = True, steps_per_call: int = 10, log: Callable[[str], None] | None = None,
-          overwrite: bool = False, data_named_by: str = "data_path") -> loop.History:
-    """Trains task 15's CharLSTM from `impl` with truncated backpropagation through time and returns its
-    History; with out_dir, saves checkpoints and history.json there (loop.fit), never over the checkpoint of
-    another run unless overwrite=True. config: a Config or the name of one of CONFIGS."""
+          resume: str | os.PathLike | None = None, overwrite: bool = False,
+          data_named_by: str = "data_path") -> loop.History:
+    """Trains task 15's CharLSTM from `impl` (default "reference") with truncated backpropagation through time
+    and returns its History; with out_dir, saves checkpoints and history.json there (loop.fit), never over
+    the checkpoint of another run unless overwrite=True. config: a Config or the name of one of CONFIGS.
+    resume: a checkpoint directory whose run to continue (config may then be None; see prepare); it saves
+    back there unless out_dir names another directory."""
     from jaxgpt import data
 
     if isinstance(config, str):
         config = get_config(config)
+    if resume is not None and out_dir is None:
+        out_dir = resume
     if text is None:  # first, so that a wrong path is said before anything else
         text = data.load_text(data_path, named_by=data_named_by)
     if out_dir is not None:
-        loop.check_out_dir(out_dir, overwrite=overwrite)
-    run = prepare(config, impl=impl, text=text, steps_per_call=steps_per_call, data_named_by=data_named_by)
+        loop.check_out_dir(out_dir, overwrite=overwrite, resume=resume)
+    run = prepare(config, impl=impl, text=text, steps_per_call=steps_per_call, resume=resume,
+                  data_named_by=data_named_by)
     return loop.fit(run, out_dir=out_dir, progress=progress, log=log)
 
 
@@ -305,6 +419,6 @@ def default_out_dir(config: Config, impl: Any = "tasks"):
     return loop.default_out_dir(config.name, impl, LSTM_TASK)
 
 
-__all__ = ["CONFIGS", "LSTM_TASK", "CarriedSteps", "as_state", "build_model", "chunks", "default_out_dir",
-           "get_config", "init_params", "make_evaluate", "make_train_steps", "model_class", "param_shapes",
-           "prepare", "train", "zero_state"]
+__all__ = ["CONFIGS", "LSTM_TASK", "CarriedSteps", "as_state", "build_model", "check_model_tree", "chunks",
+           "default_out_dir", "get_config", "init_params", "make_evaluate", "make_train_steps", "model_class",
+           "param_shapes", "prepare", "train", "zero_state"]
