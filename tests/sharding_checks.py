@@ -1045,7 +1045,7 @@ def _outcome(name, fn, impl, task):
         outcome = outcomes.classify(err, task)
         result.update(status=str(outcome.status), message=outcome.message, load_error=outcome.load_error)
         if isinstance(err, NotImplementedError):
-            owner = outcomes._task_that_is_unfinished(err)
+            owner = outcomes.task_that_is_unfinished(err)
             result["raised"] = str(err) if owner is None or f"{owner.number}" in str(err) else \
                 f"Task {owner.number}: {err}"
     result["output"] = printed.getvalue()

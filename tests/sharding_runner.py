@@ -198,7 +198,7 @@ def _implementation_spec(view: implementation.TaskView) -> tuple:
 def _dumps(value) -> bytes:
     """cloudpickle, keeping each function's file name (the verdict quotes the learner's line)."""
     try:
-        from jaxgpt.grader.worker import _dumps as worker_dumps  # the worker's own way, when it is there
+        from jaxgpt.grader.worker import dumps as worker_dumps  # the worker's own way, when it is there
         return worker_dumps(value)
     except ImportError:
         import cloudpickle

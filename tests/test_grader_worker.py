@@ -281,6 +281,29 @@ def test_notebook_definitions_travel_by_value(grader):
 
 
 @pytest.mark.slow
+def test_a_notebook_cells_line_is_named_from_the_worker(grader):
+    """A cell's code carries ipykernel's name for it (a file that is not on disk); sent by value to the worker
+    (worker.dumps keeps the name) with the cell's lines, an error in it is said at "your notebook cell", its
+    line quoted, and never at the "<string>" frames that Flax and dataclasses generate around it."""
+    import linecache
+
+    cell = "/tmp/ipykernel_4242/3141592653.py"
+    source = head_source("wei = wei @ wei[:, :1]  # a shape error in the learner's cell")
+    linecache.cache[cell] = (len(source), None, source.splitlines(True), cell)
+    try:
+        namespace = {"__name__": "__main__"}
+        exec(compile(source, cell, "exec"), namespace)
+        verdict = grader.grade(HEAD, implementation.NamespaceImplementation(namespace), timeout_s=60)
+    finally:
+        linecache.cache.pop(cell, None)
+    text = verdict.text()
+    assert not verdict.notes, verdict.notes  # graded in the worker
+    line = source.splitlines().index("        wei = wei @ wei[:, :1]  # a shape error in the learner's cell") + 1
+    assert f"at your notebook cell, line {line}, in __call__: wei = wei @ wei[:, :1]" in text, text
+    assert "<string>" not in text
+
+
+@pytest.mark.slow
 def test_a_compiled_endless_loop_is_stopped_and_the_worker_replaced(grader, tmp_path):
     directory = impl_dir(tmp_path, "loop", head_source(COMPILED_LOOP))
     pid = grader.pid

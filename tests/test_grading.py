@@ -3,6 +3,7 @@ verdict in words, never as a crash of the checker or a pass it did not verify.""
 
 import shutil
 import textwrap
+import traceback
 
 import pytest
 
@@ -191,3 +192,58 @@ def test_call_signature_mismatch_is_not_blamed_on_the_check(tmp_path):
     text = runner.run_suite(HEAD, tmp_path).text()
     assert "bug in the check" not in text
     assert "could not be called the way the lesson describes" in text or "your code raised" in text
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 - the exception is what is looked at
+        return err
+    raise AssertionError("it did not raise")
+
+
+def test_learner_frames_are_only_the_learners_files(tmp_path):
+    """outcomes.learner_frame names the learner's own line: a file of the implementation being graded (an --impl
+    directory or file, tasks/) or a notebook cell; never code that has no file of its own ("<string>": what
+    dataclasses and Flax generate, an exec inside the grader), nor a module that is no implementation's."""
+    (tmp_path / "impl").mkdir()
+    (tmp_path / "impl" / "task03_head.py").write_text(textwrap.dedent('''\
+        import dataclasses
+
+        @dataclasses.dataclass
+        class Sizes:
+            width: int = dataclasses.field(default_factory=int.from_bytes)  # raises inside the generated __init__
+
+        def make():
+            return Sizes()
+        '''))
+    module = implementation.resolve(tmp_path / "impl").module_for(HEAD)
+    err = _raised(module.make)
+    assert "<string>" in [frame.filename for frame in traceback.extract_tb(err.__traceback__)]  # generated __init__
+    where = outcomes.learner_frame(err)
+    assert where is not None and "task03_head.py, line 8, in make: return Sizes()" in where, where
+
+    single = tmp_path / "solution.py"
+    single.write_text("def make():\n    raise ValueError('in a single-file implementation')\n")
+    assert "solution.py, line 2, in make" in outcomes.learner_frame(
+        _raised(implementation.resolve(single).module_for(HEAD).make))
+
+    generated = {}
+    exec(compile("def make():\n    raise ValueError('generated')\n", "<string>", "exec"), generated)
+    assert outcomes.learner_frame(_raised(generated["make"])) is None
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("not_an_implementation", single)
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    assert outcomes.learner_frame(_raised(plain.make)) is None  # a module no implementation loaded
+
+
+@pytest.mark.parametrize("cell", ["/tmp/ipykernel_4242/2718281828.py", "<ipython-input-3-0123456789ab>"])
+def test_a_notebook_cell_is_the_learners(cell):
+    """ipykernel names each cell's code after a file that is not on disk, older IPython <ipython-input-...>:
+    the worker keeps these names (worker.dumps), and a verdict says "your notebook cell"."""
+    cell_globals = {"__name__": "__main__"}
+    exec(compile("x = 1\ndef make():\n    raise ValueError('in a cell')\n", cell, "exec"), cell_globals)
+    assert outcomes.learner_frame(_raised(cell_globals["make"])).startswith("your notebook cell, line 3, in make")
+    assert outcomes.is_learner_file(cell) and not outcomes.is_learner_file("<string>", "__main__")

@@ -10,7 +10,8 @@ before 'blocks_2' shows); the traced program (one scan whose program does not gr
 rematerialised block in the gradient's program exactly when remat=True; no scan unrolled into one copy per
 layer); dropout by what each site outside the scan drops, by the rate and mode of every site inside it, by the
 number of sites per layer (your own Block's, run alone), and by the masks of the layers (recorded inside the
-scan with a pure callback), which must differ from layer to layer.
+scan with a pure callback), which must differ from layer to layer; a dropout written by hand, mask for mask against
+the reference with the same keys (differential.hand_written_dropout_problem), and by the keys each layer takes.
 
 Sizes as in tasks 1 and 6: all different (vocab 13, block_size 37, n_embd 24, 3 heads of 8, batch 2), 3 layers
 (the first, a middle and the last differ), T = 1, 5 and block_size, a batch of one, dropout_rate 0.37.
@@ -489,17 +490,40 @@ def _block_dropout_sites(impl, stacked, x):
     return len(seen)
 
 
+def _hand_written_dropout(model, expected, stacked, x, remat):
+    """A dropout written by hand (a key from make_rng('dropout'), a mask from jax.random) is judged by behaviour,
+    mask for mask against the reference (differential.hand_written_dropout_problem), and each key it takes inside
+    the scan must differ from layer to layer."""
+    differential.assert_same_dropout(model, expected, {"params": stacked}, (x,), f"ScannedMiniGPT(remat={remat})",
+                                     RATE, names={"Dropout_0": "the embedding sum (tok + pos)"})
+    for draw, seen in differential.drawn_keys(model, {"params": stacked}, x, deterministic=False,
+                                              rngs={"dropout": jax.random.key(5)}):
+        # A key taken inside the scan ('blocks') is one per layer when the scan splits the stream: L different
+        # keys; else one key, the same for every layer (seen once: it is no traced value then).
+        if draw.path.split("/")[0] == "blocks" and seen and len(set(seen)) == 1:
+            checks.fail(f"with remat={remat}, every layer drops exactly the same units (the dropout key taken in "
+                        f"`{draw.path}` is the same in every layer): the 'dropout' RNG is not split across the "
+                        "layers. Add it to the scan's split_rngs: split_rngs={'params': True, 'dropout': True}.")
+
+
 @pytest.mark.parametrize("remat", [False, True], ids=["remat_off", "remat_on"])
-def test_dropout(impl, stacked, idx, remat):
+def test_dropout(impl, reference, stacked, idx, remat):
     """In training every site drops at dropout_rate, the embedding sum is dropped, and each layer draws its own masks"""
     model = _build(impl.ScannedMiniGPT, **FIELDS, dropout_rate=RATE, remat=remat)
     x = idx[:, :8]
     try:
-        calls, masks = _dropout_record(model, {"params": stacked}, x)
+        by_hand = differential.record(model, {"params": stacked}, x, deterministic=False,
+                                      rngs={"dropout": jax.random.key(0)}).drawn_by_hand  # as the check below
+        calls, masks = ([], []) if by_hand else _dropout_record(model, {"params": stacked}, x)
     except Exception as err:
         if _no_dropout_rng(err):
             checks.fail(f"ScannedMiniGPT(remat={remat}) fails in training mode: {NO_DROPOUT_RNG}")
         raise
+    if by_hand:
+        _hand_written_dropout(model, reference.ScannedMiniGPT(**FIELDS, dropout_rate=RATE, remat=remat), stacked, x,
+                              remat)
+        _one_key_one_output(model, stacked, x)
+        return  # what follows audits nn.Dropout calls: the behaviour above has judged them all
     quiet = [c for c in calls if c[2] or c[1] != RATE]
     if quiet:
         path, rate, flag, _, kind = quiet[0]
@@ -544,6 +568,10 @@ def test_dropout(impl, stacked, idx, remat):
             checks.fail(f"with remat={remat}, every layer drops exactly the same units (dropout site "
                         f"`{calls[site][0]}`): the 'dropout' RNG is not split across the layers. Add it to the "
                         "scan's split_rngs: split_rngs={'params': True, 'dropout': True}.")
+    _one_key_one_output(model, stacked, x)
+
+
+def _one_key_one_output(model, stacked, x):
     # One compiled program for three keys: the same key twice, then another.
     keys = jnp.stack([jax.random.key(k) for k in (3, 3, 4)])
     logits = np.asarray(jax.jit(jax.vmap(lambda k: model.apply({"params": stacked}, x, deterministic=False,

@@ -164,14 +164,20 @@ def assert_causal(apply: Callable[[Any], Any], x: Any, position: int, perturb: C
              "applied before the softmax, with the lower triangle (tril) kept?")
 
 
+def is_missing_dropout_rng(err: BaseException) -> bool:
+    """Whether `err` is Flax's InvalidRngError for a 'dropout' RNG the call was not given."""
+    return type(err).__name__ == "InvalidRngError" and "dropout" in str(err)
+
+
 def without_dropout_rng(apply: Callable[[], Any], what: str) -> Any:
     """Runs `apply` (a deterministic call) and explains a request for a dropout RNG."""
     try:
         return apply()
     except Exception as err:
-        if type(err).__name__ == "InvalidRngError" and "dropout" in str(err):
+        if is_missing_dropout_rng(err):
             fail(f"{what} asked for a 'dropout' RNG when called with deterministic=True: pass "
-                 "`deterministic` on to nn.Dropout so that dropout is off at evaluation time.")
+                 "`deterministic` on to nn.Dropout (a dropout written by hand must do nothing and take no key "
+                 "when deterministic is True) so that dropout is off at evaluation time.")
         raise
 
 

@@ -14,6 +14,15 @@ learner's module does not reproduce; `audit_dropout` matches the learner's dropo
 value they act on and says which is missing, extra, misplaced, at the wrong rate or never told to train.
 `assert_same_behaviour` and `assert_same_dropout` turn both into a check's failure sentence.
 
+A dropout written by hand (a key from `self.make_rng('dropout')`, a mask from `jax.random`, no nn.Dropout)
+cannot be made transparent. `record` notes every key taken from the 'dropout' stream and who took it; a module
+that takes one for itself is compared in training mode by behaviour instead, mask for mask: both modules get
+the same keys in call order (`Keyed`), so an equal dropout gives equal numbers
+(`hand_written_dropout_problem`, which also says how many masks each draws, the rate a mask keeps, whether the
+kept values are scaled, and where the two first part). With equal masks the only difference left is how the
+kept values are scaled (x / (1 - rate), x * (1 / (1 - rate)), a mask multiplied in): at most an ulp, far inside
+the tolerances below; a wrong rate, place or scaling changes values by the size of the values themselves.
+
 Tolerances: both sides run the same float32 operations on the same numbers, except where a correct alternative
 orders a reduction differently (einsum against matmul, a fused softmax). For the depth of these models
 (a few dozen float32 operations between input and logits) that moves values by a few ulp times the magnitude,
@@ -61,6 +70,18 @@ class DropoutCall:
     value: Any  # what it would drop; None for the weight dropout inside Flax's attention layer
     inside_attention: bool = False  # Flax's attention layer drops its own weights, out of sight
     broadcast_dims: tuple = ()  # nn.Dropout's axes along which one draw is shared
+    position: int = 0  # how many events came before it
+
+
+@dataclasses.dataclass
+class Draw:
+    """One key the module took from the 'dropout' RNG stream, in call order, and who took it."""
+
+    path: str  # the module that asked for it
+    by: str  # "Dropout" (nn.Dropout), "attention" (Flax's attention layer), "dot_product_attention", or "hand"
+    keep: float | None = None  # its mask's probability of keeping a value: for a key drawn by hand the p given
+    shape: tuple | None = None  # to jax.random.bernoulli, for nn.Dropout (when `Keyed`) 1 - rate; the mask's shape
+    key: Any = dataclasses.field(default=None, repr=False)  # the key itself, to know it again (never compared)
 
 
 @dataclasses.dataclass
@@ -69,6 +90,39 @@ class Record:
     dropouts: list[DropoutCall]
     output: Any
     rates: dict[str, float]  # path -> the `dropout_rate` field of each submodule that has one
+    draws: list[Draw] = dataclasses.field(default_factory=list)
+
+    @property
+    def drawn_by_hand(self) -> list[Draw]:
+        """The keys the module took from the 'dropout' stream for a dropout of its own making: neither
+        nn.Dropout, nor Flax's attention layer, nor nn.dot_product_attention's dropout_rng."""
+        return [d for d in self.draws if d.by == "hand"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Keyed:
+    """How `record` runs dropout for real instead of transparently: the n-th key any part of the module takes
+    from the 'dropout' stream is `fold_in(key(seed), n)`, whoever asks (masks then depend on call order, not on
+    module paths), and every nn.Dropout draws its mask by `formula` (see `_keep_mask`). `overrides` change the
+    n-th draw of an nn.Dropout, for recomputing a suspected mistake: ((n, rate or None, scaled), ...)."""
+
+    seed: int = 0
+    formula: str = "bernoulli"
+    overrides: tuple = ()
+
+
+# A hand-written dropout may draw its mask another way than nn.Dropout does, equally right: each is tried.
+MASK_FORMULAS = ("bernoulli", "uniform_above_rate")
+
+
+def _keep_mask(formula: str, key, rate: float, shape):
+    """The mask of kept values: jax.random.bernoulli(key, 1 - rate, shape) as nn.Dropout draws it (the same as
+    jax.random.uniform(key, shape) < 1 - rate), or jax.random.uniform(key, shape) > rate."""
+    import jax
+
+    if formula == "uniform_above_rate":
+        return jax.random.uniform(key, shape) > rate
+    return jax.random.uniform(key, shape) < 1.0 - rate  # what jax.random.bernoulli(key, 1 - rate, shape) computes
 
 
 def _numpy(value: Any) -> Any:
@@ -86,24 +140,46 @@ def _path(module) -> str:
     return "/".join(scope.path) if scope is not None and scope.path else ""
 
 
-def record(module, variables, *args, deterministic: bool | None = None, rngs: dict | None = None) -> Record:
+def record(module, variables, *args, deterministic: bool | None = None, rngs: dict | None = None,
+           keyed: Keyed | None = None) -> Record:
     """Runs `module.apply(variables, *args, deterministic=...)` eagerly, with dropout transparent, and returns
-    what every submodule received and returned. Errors raised by the module propagate unchanged. The last few
-    records are remembered (by module, parameters, inputs, mode and key), so that a suite's checks of one
-    module's behaviour and of its dropout share them."""
+    what every submodule received and returned, every dropout it asked for and every key it took from the
+    'dropout' stream. Errors raised by the module propagate unchanged. The last few records are remembered (by
+    module, parameters, inputs, mode and key), so that a suite's checks of one module's behaviour and of its
+    dropout share them.
+
+    A dropout written by hand (a key from self.make_rng('dropout'), a mask from jax.random) cannot be made
+    transparent: it is noted as a draw `by="hand"` and runs for real. With `keyed`, no dropout is transparent:
+    every part of the module takes its keys from one sequence in call order (see `Keyed`), so that a module
+    whose dropout is hand-written can be compared with the reference's mask for mask."""
     import flax.linen as nn
 
-    key = _memo_key(module, variables, args, deterministic, rngs)
+    key = _memo_key(module, variables, args, deterministic, rngs, keyed)
     if key is not None and key in _MEMO:
         return _MEMO[key]
 
     events: list[Event] = []
     dropouts: list[DropoutCall] = []
+    draws: list[Draw] = []
     rates: dict[str, float] = {}
     counts: dict[str, int] = {}
     depth = [0]
     calling = [""]  # the paths of the modules whose __call__ is running, innermost last
     inside_flax_attention = [0]  # nn.MultiHeadDotProductAttention calls in progress (its dropout is noted once)
+    overrides = {n: (rate, scaled) for n, rate, scaled in (keyed.overrides if keyed else ())}
+
+    def next_key(path: str, by: str):
+        import jax
+
+        draw_key = jax.random.fold_in(jax.random.key(keyed.seed), len(draws))
+        draws.append(Draw(path, by, key=draw_key))
+        return draw_key
+
+    def claim(draw_key, by: str) -> None:
+        """A key the module took itself and then gave to nn.Dropout(rng=...) or nn.dot_product_attention."""
+        for d in draws:
+            if d.key is draw_key and d.by == "hand":
+                d.by = by
 
     def intercept(next_fun, call_args, call_kwargs, context):
         mod = context.module
@@ -111,13 +187,7 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
             return next_fun(*call_args, **call_kwargs)
         path = _path(mod)
         if isinstance(mod, nn.Dropout):
-            bound = inspect.signature(type(mod).__call__).bind(mod, *call_args, **call_kwargs)
-            flag = bound.arguments.get("deterministic")
-            flag = mod.deterministic if flag is None else flag
-            inputs = bound.arguments.get("inputs")
-            dropouts.append(DropoutCall(path, float(mod.rate), bool(flag), _numpy(inputs),
-                                        broadcast_dims=tuple(getattr(mod, "broadcast_dims", ()) or ())))
-            return inputs
+            return _dropout(mod, path, call_args, call_kwargs)
         occurrence = counts.get(path, 0)
         counts[path] = occurrence + 1
         rate = getattr(mod, "dropout_rate", None)
@@ -131,6 +201,34 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
                 inside_flax_attention[0] -= 1
         return _call_and_note(next_fun, call_args, call_kwargs, mod, path, occurrence)
 
+    def _dropout(mod, path, call_args, call_kwargs):
+        bound = inspect.signature(type(mod).__call__).bind(mod, *call_args, **call_kwargs)
+        flag = bound.arguments.get("deterministic")
+        flag = mod.deterministic if flag is None else flag
+        inputs = bound.arguments.get("inputs")
+        given_key = bound.arguments.get("rng")
+        if given_key is not None:
+            claim(given_key, "Dropout")
+        dims = tuple(getattr(mod, "broadcast_dims", ()) or ())
+        dropouts.append(DropoutCall(path, float(mod.rate), bool(flag), _numpy(inputs), broadcast_dims=dims,
+                                    position=len(events)))
+        if keyed is None or flag or not mod.rate:
+            return inputs
+        import jax.numpy as jnp
+
+        if given_key is None:
+            given_key = next_key(path, "Dropout")
+        rate, scaled = overrides.get(len(draws) - 1, (None, True))
+        rate = float(mod.rate) if rate is None else rate
+        if rate >= 1.0:
+            return jnp.zeros_like(inputs)
+        shape = [1 if i in {d % jnp.ndim(inputs) for d in dims} else n for i, n in enumerate(jnp.shape(inputs))]
+        for d in draws:
+            if d.key is given_key:
+                d.keep, d.shape = 1.0 - rate, tuple(shape)
+        keep = jnp.broadcast_to(_keep_mask(keyed.formula, given_key, rate, tuple(shape)), jnp.shape(inputs))
+        return jnp.where(keep, inputs / (1.0 - rate) if scaled else inputs, jnp.zeros_like(inputs))
+
     def _flax_attention(next_fun, call_args, call_kwargs, mod, path, occurrence):
         try:
             bound = inspect.signature(type(mod).__call__).bind(mod, *call_args, **call_kwargs)
@@ -138,7 +236,10 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
         except TypeError:
             flag = None
         flag = mod.deterministic if flag is None else flag
-        dropouts.append(DropoutCall(path, float(mod.dropout_rate), bool(flag), None, inside_attention=True))
+        dropouts.append(DropoutCall(path, float(mod.dropout_rate), bool(flag), None, inside_attention=True,
+                                    position=len(events)))
+        if keyed is not None:
+            return _call_and_note(next_fun, call_args, call_kwargs, mod, path, occurrence)  # its own dropout, real
         call_kwargs = {**call_kwargs, "deterministic": True}
         if mod.deterministic is not None:
             # Flax refuses `deterministic` as a field and an argument at once; the field steps aside for
@@ -166,8 +267,8 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
 
     def weights_with_dropout(original):
         """nn.dot_product_attention(_weights) drops the attention weights with its own random draw, not with an
-        nn.Dropout: noted as a dropout on those weights (made transparent) unless Flax's attention layer,
-        noted above, is the caller."""
+        nn.Dropout: noted as a dropout on those weights (made transparent unless `keyed`) unless Flax's attention
+        layer, noted above, is the caller."""
         signature = inspect.signature(original)
 
         def weights(*call_args, **call_kwargs):
@@ -175,33 +276,82 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
                 return original(*call_args, **call_kwargs)
             bound = signature.bind(*call_args, **call_kwargs)
             bound.apply_defaults()
+            if bound.arguments.get("dropout_rng") is not None:
+                claim(bound.arguments["dropout_rng"], "dot_product_attention")
             if not bound.arguments["dropout_rate"]:
                 return original(*call_args, **call_kwargs)  # no dropout asked for here (an nn.Dropout may follow)
             flag = bool(bound.arguments["deterministic"])
-            bound.arguments["deterministic"] = True
+            if keyed is None:
+                bound.arguments["deterministic"] = True
             out = original(*bound.args, **bound.kwargs)
             where = calling[-1] + "/" if calling[-1] else ""
             dropouts.append(DropoutCall(where + "dot_product_attention", float(bound.arguments["dropout_rate"]),
-                                        flag, _numpy(out)))
+                                        flag, _numpy(out), position=len(events)))
             return out
 
         return weights
+
+    def make_rng_noted(original):
+        """Scope.make_rng, noting every key taken from the 'dropout' stream (and handing out the sequence's
+        keys when `keyed`)."""
+
+        def make_rng(scope, name="params"):
+            if name != "dropout":
+                return original(scope, name)
+            path = "/".join(scope.path) if getattr(scope, "path", None) else ""
+            by = "attention" if inside_flax_attention[0] else "hand"
+            if keyed is not None:
+                return next_key(path, by)
+            draw_key = original(scope, name)
+            draws.append(Draw(path, by, key=draw_key))
+            return draw_key
+
+        return make_rng
+
+    def bernoulli_noted(original):
+        """jax.random.bernoulli, noting the p and shape of a draw made with a key taken by hand."""
+        signature = inspect.signature(original)
+
+        def bernoulli(*call_args, **call_kwargs):
+            try:
+                bound = signature.bind(*call_args, **call_kwargs)
+                bound.apply_defaults()
+                given = bound.arguments.get("key")
+                for d in draws:
+                    if d.key is given and d.by == "hand" and d.keep is None:
+                        d.keep = float(bound.arguments.get("p"))
+                        shape = bound.arguments.get("shape")
+                        d.shape = None if shape is None else tuple(shape)
+            except Exception:
+                pass  # a p that is an array, a traced value: nothing to note
+            return original(*call_args, **call_kwargs)
+
+        return bernoulli
 
     kwargs = {} if deterministic is None else {"deterministic": deterministic}
     if rngs is not None:
         kwargs["rngs"] = rngs
     import flax.linen.attention as flax_attention
+    import jax
+    from flax.core import scope as flax_scope
+
     original = flax_attention.dot_product_attention_weights
     patched = weights_with_dropout(original)
+    original_make_rng = flax_scope.Scope.make_rng
+    original_bernoulli = jax.random.bernoulli
     try:
         for home in (flax_attention, nn):  # nn.dot_product_attention looks it up in the first
             setattr(home, "dot_product_attention_weights", patched)
+        flax_scope.Scope.make_rng = make_rng_noted(original_make_rng)
+        jax.random.bernoulli = bernoulli_noted(original_bernoulli)
         with nn.intercept_methods(intercept):
             output = module.apply(variables, *args, **kwargs)
     finally:
         for home in (flax_attention, nn):
             setattr(home, "dot_product_attention_weights", original)
-    result = Record(events, dropouts, output, rates)
+        flax_scope.Scope.make_rng = original_make_rng
+        jax.random.bernoulli = original_bernoulli
+    result = Record(events, dropouts, output, rates, draws)
     if key is not None:
         _MEMO[key] = result
         while len(_MEMO) > _MEMO_SIZE:
@@ -209,11 +359,60 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
     return result
 
 
+def drawn_keys(module, variables, *args, **kwargs) -> list[tuple[Draw, list[bytes]]]:
+    """Every key `module.apply(variables, *args, **kwargs)` takes from the 'dropout' stream, in call order, with
+    who took it (a `Draw`: nn.Dropout, Flax's attention layer, or by hand) and the key's bytes each time it is
+    used: a key taken inside nn.scan is one traced value used once per layer, read with a pure callback, so that
+    keys shared by every layer show."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from flax.core import scope as flax_scope
+
+    stack: list[Any] = []
+    found: list[tuple[Draw, list[bytes]]] = []
+
+    def intercept(next_fun, call_args, call_kwargs, context):
+        stack.append(context.module)
+        try:
+            return next_fun(*call_args, **call_kwargs)
+        finally:
+            stack.pop()
+
+    original = flax_scope.Scope.make_rng
+
+    def make_rng(scope, name="params"):
+        rng = original(scope, name)
+        if name != "dropout":
+            return rng
+        by = ("Dropout" if stack and isinstance(stack[-1], nn.Dropout) else
+              "attention" if any(isinstance(m, nn.MultiHeadDotProductAttention) for m in stack) else "hand")
+        seen: list[bytes] = []
+        found.append((Draw("/".join(scope.path) if scope.path else "", by), seen))
+        data = jax.random.key_data(rng)
+
+        def note(value):
+            seen.append(np.asarray(value).tobytes())
+            return np.zeros((), np.uint32)
+
+        zero = jax.pure_callback(note, jax.ShapeDtypeStruct((), jnp.uint32), data)
+        return jax.random.wrap_key_data(data + zero, impl=jax.random.key_impl(rng))
+
+    try:
+        flax_scope.Scope.make_rng = make_rng
+        with nn.intercept_methods(intercept):
+            module.apply(variables, *args, **kwargs)
+        jax.effects_barrier()
+    finally:
+        flax_scope.Scope.make_rng = original
+    return found
+
+
 _MEMO: dict = {}
 _MEMO_SIZE = 32  # a suite makes about a dozen records; the catalogue runner and a warm worker repeat them
 
 
-def _memo_key(module, variables, args, deterministic, rngs):
+def _memo_key(module, variables, args, deterministic, rngs, keyed=None):
     """A key that changes with anything the record depends on, or None where one cannot be made (a module
     with unhashable fields): the module (Flax modules compare by class and fields), the bytes of the
     parameters and inputs, the mode, the dropout key and the matmul precision."""
@@ -229,7 +428,7 @@ def _memo_key(module, variables, args, deterministic, rngs):
             digest.update(np.ascontiguousarray(array).tobytes())
         keys = tuple((name, np.asarray(jax.random.key_data(k)).tobytes()) for name, k in sorted((rngs or {}).items()))
         key = (type(module), module, digest.hexdigest(), jax.tree_util.tree_structure((variables, args)),
-               deterministic, keys, str(jax.config.jax_default_matmul_precision))
+               deterministic, keys, keyed, str(jax.config.jax_default_matmul_precision))
         hash(key)
         return key
     except Exception:
@@ -391,18 +590,30 @@ def assert_same_behaviour(learner, reference, variables, inputs: Iterable[tuple]
             if isinstance(got.output, (tuple, list)):
                 checks.fail(f"{what} returns a {type(got.output).__name__} of {len(got.output)} items; it should "
                             f"return one array, shaped {tuple(np.shape(expected.output))}.")
+            shapes = ", ".join(f"{tuple(np.shape(a))}" for a in args)
+            if deterministic is False and got.drawn_by_hand:
+                # Its own dropout runs for real: compared mask for mask instead (see hand_written_dropout_problem).
+                problem = hand_written_dropout_problem(learner, reference, variables, args, what, None)
+                if problem:
+                    checks.fail(f"{what} and the reference, given the same parameters and input {shapes} with "
+                                f"deterministic=False, part ways. {problem}")
+                continue
             divergence = first_divergence(got, expected)
             if divergence is None:
                 continue
-            shapes = ", ".join(f"{tuple(np.shape(a))}" for a in args)
             mode = ("" if deterministic is None else " with deterministic=True" if deterministic
                     else " with deterministic=False (dropout made transparent)")
             message = (f"{what} and the reference, given the same parameters and input {shapes}{mode}, "
                        f"part ways. " + divergence.sentence(what))
+            if deterministic and got.drawn_by_hand:
+                message += (f"\n  With deterministic=True your module still takes a key from the 'dropout' RNG at "
+                            f"`{got.drawn_by_hand[0].path or what}`: a dropout written by hand must do nothing "
+                            "(and draw nothing) when deterministic is True.")
             if deterministic is False and first_divergence(
                     record(learner, variables, *args, deterministic=True), expected) is None:
                 message += ("\n  With deterministic=True they agree, so something other than dropout depends on "
-                            "`deterministic` (only nn.Dropout and the attention layer's dropout should).")
+                            "`deterministic` (only nn.Dropout and the attention layer's dropout should)."
+                            + _OWN_KEY * (not got.dropouts and not got.draws and bool(expected.dropouts)))
             # Only a wrong output can be looked up: where the outputs agree and only an intermediate differs, a
             # catalogued mistake that leaves the output unchanged (a misplaced dropout) would be named wrongly.
             wrong_output = _numpy(got.output) is not None and not _close(_numpy(got.output), _numpy(expected.output))
@@ -413,9 +624,157 @@ def assert_same_behaviour(learner, reference, variables, inputs: Iterable[tuple]
             checks.fail(message)
 
 
+# Said when a module's training mode differs while it uses no nn.Dropout and takes no key from the stream.
+_OWN_KEY = (" If that is a dropout written by hand: take its key from self.make_rng('dropout'), the stream that "
+            "apply(..., rngs={'dropout': key}) provides, not from a key of its own.")
+
+
 def _rngs():
     import jax
     return {"dropout": jax.random.key(0)}
+
+
+# --- Dropout written by hand ---------------------------------------------------------------------------------
+# A learner may write dropout without nn.Dropout: keep = jax.random.bernoulli(self.make_rng('dropout'), 1 - rate,
+# x.shape); x = jnp.where(keep, x / (1 - rate), 0). Such a dropout cannot be made transparent (its mask and its
+# scaling are the learner's own code), so a module that takes a key from the 'dropout' stream for itself is
+# judged by behaviour instead: the learner's module and the reference's run in training mode with every key
+# taken from the stream in call order handed out from one sequence, and the reference's nn.Dropout drawing its
+# mask from its key as a hand-written dropout would. Equal dropouts (same place, rate, scaling, number) then give
+# the same numbers, to float32 roundoff, at every submodule; any other gives other masks or other values. The
+# two usual ways to draw a mask (jax.random.bernoulli(key, 1 - rate, shape), which nn.Dropout uses, and
+# jax.random.uniform(key, shape) > rate) are both tried, so either is accepted.
+
+
+def _words_for_draw(draw: Draw, names: dict[str, str], what: str) -> str:
+    where = f"`{draw.path}`" if draw.path else what
+    if draw.by == "attention":
+        return names.get(draw.path + ":attention") or f"the attention weights inside {where} (Flax's attention layer)"
+    if draw.by == "Dropout":
+        return names.get(draw.path) or f"the nn.Dropout at {where}"
+    if draw.by == "dot_product_attention":
+        return f"the attention weights in {where} (nn.dot_product_attention's dropout)"
+    return f"your dropout in {where}"
+
+
+def _keyed_records(learner, reference, variables, args, spec: Keyed, reference_spec: Keyed | None = None):
+    expected = record(reference, variables, *args, deterministic=False, rngs=_rngs(), keyed=reference_spec or spec)
+    got = record(learner, variables, *args, deterministic=False, rngs=_rngs(), keyed=spec)
+    return got, expected
+
+
+def _agree_keyed(got: Record, expected: Record) -> bool:
+    return first_divergence(got, expected) is None and _close(_numpy(got.output), _numpy(expected.output))
+
+
+def hand_written_dropout_problem(learner, reference, variables, args: tuple, what: str, rate: float | None,
+                                 names: dict[str, str] | None = None) -> str | None:
+    """None when `learner`, whose dropout is written by hand, drops what the reference drops in training mode,
+    mask for mask (see above); else the sentences that say how they differ: how many masks each draws, the rate
+    a hand-drawn mask keeps (read from jax.random.bernoulli's p, and recomputed), a dropout that does not
+    scale, the value whose zeros are a hand-drawn mask's, and the first submodule where the two part."""
+    names = names or {}
+    rate = getattr(reference, "dropout_rate", None) if rate is None else rate
+    for formula in MASK_FORMULAS:
+        got, expected = _keyed_records(learner, reference, variables, args, Keyed(formula=formula))
+        if _agree_keyed(got, expected):
+            return None
+    got, expected = _keyed_records(learner, reference, variables, args, Keyed())
+    hand = got.drawn_by_hand
+    where = ", ".join(dict.fromkeys(f"`{d.path}`" if d.path else what for d in hand))
+    intro = (f"{what} writes its own dropout (it takes keys from the 'dropout' RNG stream in {where}, not through "
+             "nn.Dropout), so its dropout was judged by what it does: run in training mode beside the reference with "
+             "the same keys, handed out in call order, the reference's masks drawn as nn.Dropout draws them "
+             "(keep = jax.random.bernoulli(key, 1 - rate, x.shape), kept values divided by 1 - rate), the two "
+             "differ.")
+    causes: list[str] = []
+    n_ref, n_got = len(expected.draws), len(got.draws)
+    if n_got != n_ref:
+        listed = "; ".join(_words_for_draw(d, names, what) for d in expected.draws[:8])
+        causes.append(f"The reference draws {n_ref} dropout mask{'s' if n_ref != 1 else ''} in this call ({listed}); "
+                      f"yours draws {n_got}: "
+                      + ("a dropout is missing (or takes its key from elsewhere than self.make_rng('dropout'))."
+                         if n_got < n_ref else "there is an extra dropout."))
+    wrong = [(i, d) for i, d in enumerate(got.draws) if rate is not None and d.by == "hand" and d.keep is not None
+             and abs((1.0 - d.keep) - rate) > 1e-6]
+    for keep in dict.fromkeys(d.keep for _, d in wrong):
+        at = ", ".join(dict.fromkeys(f"`{d.path or what}`" for _, d in wrong if d.keep == keep))
+        causes.append(f"Your dropout in {at} keeps each value with probability {keep:g} (the p given to "
+                      f"jax.random.bernoulli), a dropout rate of {1.0 - keep:g}; it should use the module's "
+                      f"dropout_rate ({rate:g}): keep each value with probability 1 - self.dropout_rate.")
+    if n_got == n_ref:
+        for d, ref in zip(got.draws, expected.draws):
+            if d.by == "hand" and d.shape is not None and ref.shape is not None and d.shape != ref.shape:
+                causes.append(f"Your dropout in `{d.path or what}` draws a mask of shape {d.shape}, where the "
+                              f"reference's dropout there draws one of shape {ref.shape}, the shape of the value it "
+                              "drops: one draw per value, x.shape (a smaller mask shares each draw along the missing "
+                              "axes, dropping whole rows at once).")
+    if wrong and n_got == n_ref:
+        spec = Keyed(overrides=tuple((i, 1.0 - d.keep, True) for i, d in wrong))
+        if _agree_keyed(got, _keyed_records(learner, reference, variables, args, Keyed(), spec)[1]):
+            causes.append("(Recomputed: the reference with its dropout at that rate there gives exactly your "
+                          "numbers.)")
+    if not causes:
+        hand_at = tuple((i, None, False) for i, d in enumerate(got.draws) if d.by == "hand")
+        for formula in MASK_FORMULAS:
+            mine, _ = _keyed_records(learner, reference, variables, args, Keyed(formula=formula))
+            unscaled = Keyed(formula=formula, overrides=hand_at)
+            if _agree_keyed(mine, _keyed_records(learner, reference, variables, args, Keyed(formula=formula),
+                                                 unscaled)[1]):
+                causes.append("Your dropout is not scaled: divide the values it keeps by 1 - rate (inverted "
+                              "dropout), so that each value's expectation in training is its value at evaluation. "
+                              "(Recomputed: the reference's dropout without that division gives exactly your "
+                              "numbers.)")
+                break
+    divergence = first_divergence(got, expected)
+    located = False
+    if divergence is not None:
+        text, located = _keyed_divergence(divergence, got, expected, names, what, bool(causes))
+        causes.append(text)
+    if len(causes) == 1 and divergence is not None and not located:
+        causes.append("Is your dropout on the value the lesson drops, once, at dropout_rate? (If it is and only "
+                      "draws its mask another way, draw it as keep = jax.random.bernoulli(key, 1 - rate, "
+                      "x.shape), one key per dropout, in the order the values are computed.)")
+    return intro + "\n" + "\n".join(f"  - {c}" for c in causes)
+
+
+def _keyed_divergence(divergence: Divergence, got: Record, expected: Record, names: dict[str, str], what: str,
+                      explained: bool) -> tuple[str, bool]:
+    """Where the keyed records first part, with the reference's nearest dropout before that point and, unless
+    a cause is already `explained`, the hand-drawn mask whose zeros that value carries (the dropout acts there)."""
+    ev = divergence.event
+    label = f"`{ev.path}`" if ev.path else what
+    value = f"the {'input' if ev.kind == 'in' else 'output'} of {label}"
+    diff = _difference(divergence.got, ev.value) if ev.value is not None else "it differs"
+    agreed = divergence.agreed[-3:]
+    text = ("With the same masks, " + (f"{', '.join(f'`{p}`' for p in agreed)} agree{'s' if len(agreed) == 1 else ''}"
+                                       " with the reference, and " if agreed else "")
+            + f"the first value that differs is {value} ({diff}).")
+    index = next((i for i, e in enumerate(expected.events) if e is ev), len(expected.events))
+    before = [c for c in expected.dropouts if c.position <= index and (c.rate > 0 or c.inside_attention)]
+    if before:
+        last = before[-1]
+        if last.inside_attention:
+            words = f"the one on the attention weights inside `{last.path}`"
+        else:
+            words = names.get(last.path) or (_describe_value(last.value, expected.events, names)
+                                             if last.value is not None else "")
+            words = f"the one on {words}" if words else f"the nn.Dropout at `{last.path}`"
+        text += f" The reference's last dropout before it is {words}."
+    if not explained and divergence.got is not None:
+        for d in got.drawn_by_hand:
+            if d.keep is None or d.shape is None or tuple(d.shape) != tuple(divergence.got.shape):
+                continue
+            import jax
+
+            kept = np.asarray(jax.random.uniform(d.key, d.shape) < d.keep)
+            if kept.all() or not kept.any() or np.any(divergence.got[~kept] != 0):
+                continue
+            words = names.get(f"{ev.kind}:{ev.path}") or f"{value} itself"
+            text += (f" Your dropout in `{d.path or what}` acts there, on {words}: that value is zero exactly "
+                     "where the mask drawn from its key drops.")
+            return text, True
+    return text, False
 
 
 # --- Dropout, by what it drops -------------------------------------------------------------------------------
@@ -529,16 +888,24 @@ def assert_same_dropout(learner, reference, variables, args: tuple, what: str, r
     """In training mode, the learner's module drops the same values as the reference's, at the same rate."""
     from jaxgpt.grader import checks
 
-    expected = record(reference, variables, *args, deterministic=False, rngs=_rngs())
     got = record(learner, variables, *args, deterministic=False, rngs=_rngs())
+    if got.drawn_by_hand:
+        # A dropout written by hand runs for real even here: judged mask for mask (hand_written_dropout_problem).
+        problem = hand_written_dropout_problem(learner, reference, variables, args, what, rate, names)
+        if problem:
+            expected = record(reference, variables, *args, deterministic=False, rngs=_rngs())
+            checks.fail(f"with deterministic=False and dropout_rate={rate:g}, {what}'s dropouts differ from the "
+                        "lesson's:\n" + "".join(f"  - {p}\n" for p in _field_problems(got, expected))
+                        + "  " + problem)
+        return
+    expected = record(reference, variables, *args, deterministic=False, rngs=_rngs())
+    field_problems = _field_problems(got, expected)
     divergence = first_divergence(got, expected)
     if divergence is not None:
         checks.fail(f"not checked: in training mode (dropout made transparent) {what} does not compute what the "
                     "reference does, so its dropouts cannot be matched to the reference's. "
-                    + divergence.sentence(what))
-    field_problems = [f"`{path}` is built with dropout_rate={value:g}; pass it the model's dropout_rate "
-                      f"({expected.rates[path]:g})." for path, value in got.rates.items()
-                      if path in expected.rates and value != expected.rates[path]]
+                    + divergence.sentence(what)
+                    + _OWN_KEY * (not got.dropouts and not got.draws and bool(expected.dropouts)))
     # A submodule built with the wrong dropout_rate: its own dropouts, at that rate, need no second sentence.
     said = {f" uses rate {value:g};" for path, value in got.rates.items()
             if path in expected.rates and value != expected.rates[path]}
@@ -547,6 +914,13 @@ def assert_same_dropout(learner, reference, variables, args: tuple, what: str, r
     if problems:
         checks.fail(f"with deterministic=False and dropout_rate={rate:g}, {what}'s dropouts differ from the "
                     f"lesson's:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
+
+
+def _field_problems(got: Record, expected: Record) -> list[str]:
+    """A submodule built with another `dropout_rate` than the reference's, in words."""
+    return [f"`{path}` is built with dropout_rate={value:g}; pass it the model's dropout_rate "
+            f"({expected.rates[path]:g})." for path, value in got.rates.items()
+            if path in expected.rates and value != expected.rates[path]]
 
 
 # --- The catalogue as a diagnosis table ----------------------------------------------------------------------

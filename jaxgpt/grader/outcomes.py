@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def classify(exc: BaseException | None, task: task_list.Task, timeout_s: float |
     if isinstance(exc, LoadError):
         return Outcome(ERROR, str(exc), load_error=True)
     if isinstance(exc, NotImplementedError):
-        owner = _task_that_is_unfinished(exc)
+        owner = task_that_is_unfinished(exc)
         if owner is None or owner.number == task.number:
             return Outcome(NOT_STARTED, "not started yet (the stub still raises NotImplementedError)")
         names = ", ".join(f"`{n}`" for n in owner.names)
@@ -158,7 +160,8 @@ def _looks_like_a_call_mismatch(text: str) -> bool:
         "required keyword-only argument", "takes no arguments", "multiple values for argument"))
 
 
-def _task_that_is_unfinished(exc: BaseException) -> task_list.Task | None:
+def task_that_is_unfinished(exc: BaseException) -> task_list.Task | None:
+    """The task whose stub raised `exc` (a NotImplementedError): named in its message, or else its file's."""
     match = _TASK_IN_MESSAGE.search(str(exc))
     if match and int(match.group(1)) in task_list.BY_NUMBER:
         return task_list.BY_NUMBER[int(match.group(1))]
@@ -169,36 +172,70 @@ def _task_that_is_unfinished(exc: BaseException) -> task_list.Task | None:
     return None
 
 
-def is_learner_file(filename: str) -> bool:
-    if filename.startswith("<frozen") or "site-packages" in filename or "/lib/python3" in filename:
+def is_notebook_cell(filename: str) -> bool:
+    """Whether `filename` names a notebook cell's code: ipykernel compiles each cell as a file of its own that
+    is not on disk (/tmp/ipykernel_<pid>/<hash>.py), older IPython as <ipython-input-<n>-<hash>>. The grading
+    worker gets the notebook's functions with these names kept (worker.dumps) and the cells' lines with them."""
+    return "ipykernel" in filename or filename.startswith("<ipython")
+
+
+# Implementation modules: implementation.py imports a directory's task files as `_jaxgpt_impl_<n>.<task>` and a
+# single file as `_jaxgpt_file_<n>`.
+_IMPLEMENTATION_MODULE = re.compile(r"^_jaxgpt_(impl|file)_\d+(\.|$)")
+
+
+def is_learner_file(filename: str, module: str | None = None) -> bool:
+    """Whether a frame in `filename` (of the module named `module`, when known) is the learner's code: a notebook
+    cell, a file in tasks/, a file imported as an implementation (an --impl directory or file, the catalogue's
+    entries), or the script the learner ran. Never code without a file of its own ("<string>": what dataclasses,
+    Flax or an exec inside the grader generate), nor ours, nor a library's."""
+    if is_notebook_cell(filename):
+        return True
+    if not filename or filename.startswith("<"):
         return False
-    if filename.startswith(_HARNESS_DIR) or filename.startswith(_TESTS_DIR) and "catalogue" not in filename:
+    if filename.startswith(_HARNESS_DIR) or filename.startswith(_TESTS_DIR):
         return False
-    return True
+    if filename.startswith(os.path.join(task_list.TASKS_DIR, "")):
+        return True
+    if module is not None and _IMPLEMENTATION_MODULE.match(module):
+        return True
+    if module == "__main__":  # a script of the learner's that calls check(N) with its own names, not a program
+        return not ("site-packages" in filename or "/lib/python3" in filename
+                    or filename.startswith((sys.prefix, sys.base_prefix)))
+    return False
 
 
 def learner_frame(exc: BaseException) -> str | None:
-    """`file:line in function: code` of the innermost frame that is the learner's own code."""
-    for frame in reversed(_frames(exc)):
-        if is_learner_file(frame.filename):
+    """`file:line in function: code` of the innermost frame that is the learner's own code (see
+    `is_learner_file`), or None."""
+    for frame, module in reversed(_frames(exc)):
+        if is_learner_file(frame.filename, module):
             filename = frame.filename
-            try:
-                filename = str(Path(filename).resolve().relative_to(task_list.REPO_ROOT))
-            except ValueError:
-                if "ipykernel" in filename or filename.startswith("<ipython"):
-                    filename = "your notebook cell"
+            if is_notebook_cell(filename):
+                filename = "your notebook cell"
+            else:
+                try:
+                    filename = str(Path(filename).resolve().relative_to(task_list.REPO_ROOT))
+                except ValueError:
+                    pass
             code = f": {frame.line.strip()}" if frame.line else ""
             return f"{filename}, line {frame.lineno}, in {frame.name}{code}"
     return None
 
 
-def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
+def _frames(exc: BaseException) -> list[tuple[traceback.FrameSummary, str | None]]:
     """The frames of `exc`'s traceback, and of the exceptions it was raised from (JAX re-raises errors from
-    inside a trace with the learner's frames on the cause)."""
+    inside a trace with the learner's frames on the cause), each with the name of the module it ran in."""
     frames, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        frames = traceback.extract_tb(exc.__traceback__) + frames
+        tb, own = exc.__traceback__, []
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__")
+            own.append((traceback.FrameSummary(tb.tb_frame.f_code.co_filename, tb.tb_lineno,
+                                               tb.tb_frame.f_code.co_name), module if isinstance(module, str) else None))
+            tb = tb.tb_next
+        frames = own + frames
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return frames
 

@@ -510,16 +510,16 @@ def _request(task: task_list.Task, impl: implementation.Implementation, timeout_
         request["linecache"] = _cell_sources()
     else:
         try:
-            request["impl"] = ("object", _dumps(impl))
+            request["impl"] = ("object", dumps(impl))
         except Exception as err:
             raise _NotPicklable(f"graded in this process: the implementation could not be sent to the grading "
                                 f"process ({type(err).__name__}: {err}), so an endless loop cannot be stopped")
     return request, None
 
 
-def _dumps(value: Any) -> bytes:
-    """cloudpickle, keeping each function's file name: cloudpickle writes `<dynamic-code>` in its place, and
-    the verdict needs it to tell the learner's frames (a notebook cell's file) from Flax's own."""
+def dumps(value: Any) -> bytes:
+    """cloudpickle's bytes of `value`, keeping each function's file name (so that a verdict can find the learner's
+    frames in a notebook cell's code)."""
     import copyreg
     import types
     from collections import ChainMap
@@ -542,12 +542,12 @@ def _dumps(value: Any) -> bytes:
 def _pickle_namespace(namespace, task: task_list.Task) -> bytes:
     chosen = {name: namespace[name] for name in _names_to_send(task) if name in namespace}
     try:
-        return _dumps(chosen)
+        return dumps(chosen)
     except Exception:
         pass
     for name, value in chosen.items():  # which one
         try:
-            _dumps(value)
+            dumps(value)
         except Exception as err:
             raise _NotPicklable(
                 f"graded in this process: `{name}` could not be sent to the grading process "

@@ -1,0 +1,27 @@
+"""Task 3: one head of causal self-attention."""
+
+MISTAKE = "dropout written by hand with the rate as the probability of keeping: jax.random.bernoulli(key, dropout_rate, shape), kept weights divided by dropout_rate"
+DIAGNOSIS = "a dropout rate of 0.63"
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+class Head(nn.Module):
+    head_size: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        B, T, C = x.shape
+        k = nn.Dense(self.head_size, use_bias=False, name="key")(x)
+        q = nn.Dense(self.head_size, use_bias=False, name="query")(x)
+        v = nn.Dense(self.head_size, use_bias=False, name="value")(x)
+        wei = q @ k.transpose(0, 2, 1) * self.head_size**-0.5
+        wei = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), wei, -jnp.inf)
+        wei = nn.softmax(wei, axis=-1)
+        if not deterministic and self.dropout_rate > 0.0:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), self.dropout_rate, wei.shape)
+            wei = jnp.where(keep, wei / self.dropout_rate, 0.0)
+        return wei @ v
