@@ -45,7 +45,68 @@ def trained(tmp_path_factory, corpus):
 # ---- progress, check, hint ------------------------------------------------------------------------------
 
 
+class _StubGrader:
+    """Stands in for worker.Grader in the quick progress tests: each task's verdict is `verdicts[number]`, else
+    "not started", as every stub's is (tests/test_grading.py grades each stub in the default run; the slow test
+    below lets `jaxgpt progress` grade them all through its worker)."""
+
+    def __init__(self, verdicts=None):
+        self.verdicts = verdicts or {}
+        self.graded = []
+
+    def __call__(self, *args, **kwargs):  # worker.Grader(...)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def start(self):
+        pass
+
+    def grade(self, task, impl, timeout_s=None, progress=None):
+        from jaxgpt.grader import runner, outcomes
+
+        self.graded.append(task.number)
+        return self.verdicts.get(task.number) or runner.Verdict(
+            task, [runner.CheckResult("a check", outcomes.NOT_STARTED, "not started yet")])
+
+
+def test_progress_lists_every_task_with_its_status(capsys, monkeypatch):
+    """One line per task, in order, with its minutes, stars and status; the count of passed tasks; a stopped
+    check ends the listing with a sentence and exit code 130 (the verdicts stand in for the worker's)"""
+    from jaxgpt.grader import runner, outcomes, worker
+
+    stub = _StubGrader()
+    monkeypatch.setattr(worker, "Grader", stub)
+    code, out, _ = run(capsys, "progress")
+    assert code == 0 and stub.graded == [t.number for t in task_list.TASKS if t.test_file.exists()]
+    lines = out.splitlines()
+    for task in task_list.TASKS:
+        line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
+        assert line is not None, f"task {task.number} is not listed:\n{out}"
+        assert f"{task.minutes} min" in line and task.stars in line
+        if task.test_file.exists():
+            assert line.endswith("not started"), line
+    assert f"0 of {len(task_list.TASKS)} tasks passed" in out
+
+    first, second, third = task_list.TASKS[:3]
+    monkeypatch.setattr(worker, "Grader", _StubGrader({
+        first.number: runner.Verdict(first, [runner.CheckResult("a", outcomes.PASSED)]),
+        third.number: runner.Verdict(third, [runner.CheckResult("a", outcomes.PASSED)], stopped=True)}))
+    code, out, _ = run(capsys, "progress")
+    assert code == 130, out
+    lines = out.splitlines()
+    assert lines[1].endswith("passed") and lines[2].endswith("not started") and lines[3].endswith("stopped"), out
+    assert lines[-1] == f"Stopped at task {third.number}: the tasks from there on were not checked.", out
+
+
+@pytest.mark.slow
 def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
+    """`jaxgpt progress` grades every stub through its worker (slow: every suite runs; the default run has
+    test_progress_lists_every_task_with_its_status and tests/test_grading.py's test_stubs_read_not_started)"""
     code, out, _ = run(capsys, "progress")
     assert code == 0
     lines = out.splitlines()
@@ -58,10 +119,13 @@ def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
     assert f"0 of {len(task_list.TASKS)} tasks passed" in out
 
 
-def test_status_words_for_passed_partial_and_blocked_tasks(tmp_path):
-    import shutil
+def test_status_words_for_passed_partial_and_blocked_tasks():
+    """The words of each status; "blocked by task 3" from the sentence the grader gives for the stub of task 3
+    raising inside task 4's code (graded for real: tests/test_task04_blocking.py, and the slow test below)"""
+    import jax
+    import jax.numpy as jnp
 
-    from jaxgpt.grader import runner, outcomes
+    from jaxgpt.grader import implementation, runner, outcomes
 
     task = task_list.get_task(4)
     passed = runner.Verdict(task, [runner.CheckResult("a", outcomes.PASSED)] * 3)
@@ -70,6 +134,23 @@ def test_status_words_for_passed_partial_and_blocked_tasks(tmp_path):
                                      runner.CheckResult("c", outcomes.SKIPPED)])
     assert cli.status_line(passed) == "passed"
     assert cli.status_line(partial) == "1 of 2 checks pass"
+    head = implementation.resolve("tasks").get(task_list.get_task(3), "Head")  # the stub
+    with pytest.raises(NotImplementedError) as raised:
+        head(head_size=4).init(jax.random.key(0), jnp.zeros((1, 3, 8)))
+    blocked = outcomes.classify(raised.value, task)
+    assert blocked.status == outcomes.BLOCKED, blocked
+    verdict = runner.Verdict(task, [runner.CheckResult("a", outcomes.PASSED),
+                                    runner.CheckResult("b", blocked.status, blocked.message)])
+    assert cli.status_line(verdict) == "blocked by task 3"
+
+
+@pytest.mark.slow
+def test_status_of_a_task_graded_on_an_unfinished_earlier_task(tmp_path):
+    import shutil
+
+    from jaxgpt.grader import runner
+
+    task = task_list.get_task(4)
     shutil.copy(task_list.TASKS_DIR / "task03_head.py", tmp_path)  # the stub
     shutil.copy(task_list.REFERENCE_DIR / "task04_multihead.py", tmp_path)  # finished, but builds on task 3
     assert cli.status_line(runner.run_suite(task, tmp_path)) == "blocked by task 3"
@@ -219,12 +300,34 @@ def test_train_scaling_options_that_do_not_fit_are_sentences(capsys, corpus, tmp
     assert code == 2 and "invalid choice: 'float16'" in err
 
 
+def test_train_with_accumulation_gives_the_plain_runs_losses(capsys, trained, corpus, tmp_path):
+    """`jaxgpt train --accumulate 2`: each batch in 2 micro-batches of 4, said so; the losses of its 10 steps and
+    evaluations are those of the plain run (`trained`) up to float32 roundoff (1e-5; see tests/test_training.py).
+    The same on a 4x2 mesh of simulated devices, with FSDP, is the slow test below (a process of its own)."""
+    out = tmp_path / "accumulated"
+    code, output, err = run(capsys, "train", "--config", "micro", "--impl", "reference", "--data", str(corpus),
+                            "--out", str(out), "--max-iters", "10", "--eval-interval", "5", "--no-progress",
+                            "--accumulate", "2")
+    assert code == 0, output + err
+    assert re.search(r"^Each step: 8 sequences of 16 tokens = 128 tokens, in 2 micro-batches of 4 \(gradient "
+                     r"accumulation\); float32; one \w+ device\.$", output, re.MULTILINE), output
+    plain = json.loads((trained[2] / "history.json").read_text())
+    accumulated = json.loads((out / "history.json").read_text())
+    assert accumulated["steps"] == plain["steps"] == [0, 5, 10]
+    for name in ("batch_losses", "train_losses", "eval_losses"):
+        assert accumulated[name] == pytest.approx(plain[name], rel=1e-5), name
+    assert json.loads((out / "checkpoint.json").read_text())["config"]["train"]["accumulate"] == 2
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_train_on_a_mesh_with_accumulation_gives_the_plain_runs_losses(trained, corpus, tmp_path):
     """`jaxgpt train --mesh 4x2 --fsdp --accumulate 2` in a new process, which splits the CPU into 8 simulated
     devices before JAX starts: each batch is split in 2 micro-batches and 4 ways, every weight 2 ways, the
     parameters and Adam's moments 4 ways more. The losses of its 10 steps and evaluations are those of the
-    plain run (`trained`: one pass, one device) up to float32 roundoff (1e-5; see tests/test_training.py)."""
+    plain run (`trained`: one pass, one device) up to float32 roundoff (1e-5; see tests/test_training.py).
+    (Slow: a new process imports JAX and compiles for 8 devices. The default run has the accumulation above,
+    and tests/test_training.py's checks of the mesh's layouts.)"""
     import os
     import subprocess
     import sys

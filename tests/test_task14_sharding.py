@@ -16,9 +16,12 @@ What is checked, against the lesson's contract:
     all-reduce, FSDP gathers its parameters) and the floating-point work per device.
 """
 
+import dis
+
 import pytest
 
 import sharding_runner
+from jaxgpt.grader import task_list
 
 TASK = 14
 
@@ -26,23 +29,84 @@ ORDER = ["make_mesh", "shard_batch", "tensor_parallel_shardings", "fsdp_sharding
          "sharded_init", "data_parallel", "fully_sharded", "tensor_parallel", "fully_sharded_tensor_parallel"]
 
 
+_STARTED_EARLY: dict = {}  # id(implementation) -> its checks' process, started when collection ended
+
+
 @pytest.fixture(scope="module")
 def _processes():
-    running = {}
+    running = dict(_STARTED_EARLY)
+    _STARTED_EARLY.clear()
     yield running
     for process in running.values():
         process.close()
 
 
+# The untouched stub of each function: its body is `raise NotImplementedError("...")` and nothing else.
+_STUB_OPERATIONS = {"RESUME", "NOP", "CACHE", "PUSH_NULL", "LOAD_GLOBAL", "LOAD_CONST", "PRECALL", "CALL",
+                    "RAISE_VARARGS"}
+
+
+def _is_stub(fn) -> bool:
+    code = getattr(fn, "__code__", None)
+    return (code is not None and code.co_names == ("NotImplementedError",)
+            and {i.opname for i in dis.get_instructions(code)} <= _STUB_OPERATIONS)
+
+
+class _NotStarted:
+    """Stands in for the checks' process while every function of the task is still its stub, which can only
+    raise NotImplementedError: each check calls its stub, which says "not started" as it would have said there,
+    and no process with 8 devices is started for it (seconds, for `jaxgpt check 14` before any work)."""
+
+    def __init__(self, stubs):
+        self.stubs = stubs
+
+    def outcome(self, name):
+        fn = self.stubs.get(name, self.stubs["sharded_train_step"])
+        code = fn.__code__
+        keywords = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+        fn(*[None] * code.co_argcount, **dict.fromkeys(keywords))
+        raise AssertionError(f"the stub of {fn.__name__} returned")  # not reached: _is_stub said it raises
+
+    def close(self):
+        pass
+
+
+def _untouched_stubs(impl):
+    """Every function of task 14 by name when each is still the stub, else None (or when one cannot be read)."""
+    try:
+        stubs = {name: getattr(impl, name) for name in task_list.get_task(TASK).names}
+    except Exception:  # a load error or a missing name: the checks' process says which, as for written code
+        return None
+    return stubs if all(_is_stub(fn) for fn in stubs.values()) else None
+
+
+def _start(view, items):
+    """The checks' process for `view`'s implementation, with the checks of `items`, in order."""
+    stubs = _untouched_stubs(view)
+    if stubs is not None:
+        return _NotStarted(stubs)
+    selected = {item.name.removeprefix("test_") for item in items}
+    return sharding_runner.ChecksProcess(view, [n for n in ORDER if n in selected])
+
+
+def start_early(session, items):
+    """Called by tests/conftest.py once collection is done, with this file's selected tests: starts the checks'
+    process at once, so that JAX loads and the checks run there while the tests before these run here (the
+    checks take some ten seconds of a second core)."""
+    from jaxgpt.grader import pytest_plugin
+
+    view = pytest_plugin._configured_implementation(session.config).for_task(task_list.get_task(TASK))
+    process = _STARTED_EARLY[id(view.implementation)] = _start(view, items)
+    session.config.add_cleanup(process.close)  # also when these tests never run (-x, Ctrl-C)
+
+
 @pytest.fixture
 def sharded(impl, request, _processes):
-    """The checks' process for the implementation under test, started by the first check that needs it, with
-    the checks this run selected, in order."""
+    """The checks' process for the implementation under test, started when collection ended (start_early) or
+    else by the first check that needs it, with the checks this run selected, in order."""
     key = id(impl.implementation)
     if key not in _processes:
-        selected = {item.name.removeprefix("test_") for item in request.session.items
-                    if item.module is request.module}
-        _processes[key] = sharding_runner.ChecksProcess(impl, [n for n in ORDER if n in selected])
+        _processes[key] = _start(impl, [item for item in request.session.items if item.module is request.module])
     return _processes[key]
 
 

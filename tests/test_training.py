@@ -136,14 +136,12 @@ def test_steps_per_call_ends_on_every_evaluation(wanted, eval_interval, max_iter
 
 
 def test_scanned_steps_equal_single_steps():
-    """Three steps in one compiled call give the same parameters as three calls of one step."""
-    config = TOY.with_vocab_size(20)
-    model = _reference_model(config)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    """Three steps in one compiled call give the same parameters as three calls of one step (TOY's run, whose
+    three-step program the Ctrl-C tests below share)."""
+    run = _prepare_toy()
+    model, config, params, data, key = run.model, run.config, run.params, run.train_data, run.train_key
     tx = loop.make_optimizer(config.train)
-    data = jnp.arange(200, dtype=jnp.int32) % 20
-    key = jax.random.PRNGKey(1)
-    three = loop.make_train_steps(model, tx, config, 3)
+    three = run.train_steps
     one = loop.make_train_steps(model, tx, config, 1)
     p3, _, losses3 = three(params, tx.init(params), data, key, 0)
     p1, s1, losses1 = params, tx.init(params), []
@@ -183,10 +181,13 @@ def test_run_writes_a_checkpoint_and_its_history(run):
     assert logits.shape == (1, 10, VOCAB)
 
 
-def test_same_seed_same_run(run):
-    history, _ = run
-    again = loop.train(RUN, impl="reference", text=CORPUS, progress=False, log=lambda s: None)
-    assert again.batch_losses == history.batch_losses and again.eval_losses == history.eval_losses
+def test_same_seed_same_run(toy_uninterrupted):
+    """The same configuration and seed give the same run again: every batch loss, evaluation and parameter (TOY,
+    dropout on: its masks too). Prepared anew (initialised, batches and keys drawn from the seed), then trained
+    by the compiled step every toy run here shares."""
+    again = loop.fit(_prepare_toy(), progress=False, log=lambda s: None)
+    assert again.batch_losses == toy_uninterrupted.batch_losses and again.eval_losses == toy_uninterrupted.eval_losses
+    _leaves_equal(again.params, toy_uninterrupted.params)
 
 
 # ---- a learner's model ------------------------------------------------------------------------------------
@@ -325,8 +326,16 @@ class CtrlCDuringCall:
         return types.SimpleNamespace(compile=lambda: call)
 
 
+_TOY_PROGRAMS: dict[int, tuple] = {}
+
+
 def _prepare_toy(steps_per_call: int = 3, **kwargs):
-    return loop.prepare(TOY, impl="reference", text=CORPUS, steps_per_call=steps_per_call, **kwargs)
+    """TOY prepared to train. Every toy run of this file runs the same compiled step and evaluation (the first
+    run's): what these tests watch is the loop around them, and a program traced and compiled once instead of
+    once per run saves about a second each."""
+    run = loop.prepare(TOY, impl="reference", text=CORPUS, steps_per_call=steps_per_call, **kwargs)
+    run.train_steps, run.evaluate = _TOY_PROGRAMS.setdefault(run.steps_per_call, (run.train_steps, run.evaluate))
+    return run
 
 
 def _leaves_equal(a, b) -> None:
@@ -586,12 +595,14 @@ def test_weight_decay_spares_biases_and_norms_by_name():
     from jaxgpt.training import configs, loop
 
     shapes = contract.model_shapes(vocab_size=11, block_size=7, n_embd=12, n_head=3, n_layer=1)
-    params = jax.tree_util.tree_map(lambda shape: jnp.ones(shape), shapes, is_leaf=lambda x: isinstance(x, tuple))
+    params = jax.tree_util.tree_map(lambda shape: np.ones(shape, np.float32), shapes,
+                                    is_leaf=lambda x: isinstance(x, tuple))
     train = configs.get_config("micro").train
     tx = loop.make_optimizer(dataclasses.replace(train, grad_clip=0.0, weight_decay=0.5))
-    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
-    updates, _ = tx.update(zero, tx.init(params), params)
-    moved = {jax.tree_util.keystr(path): bool(jnp.any(u != 0))
+    zero = jax.tree_util.tree_map(np.zeros_like, params)
+    # One compiled update rather than Optax's operations one by one, which take seconds on this tree.
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(zero, params)
+    moved = {jax.tree_util.keystr(path): bool(np.any(np.asarray(u) != 0))
              for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
     for path, decays in moved.items():
         assert decays == (path.endswith("['kernel']") or path.endswith("['embedding']")), path
@@ -621,10 +632,21 @@ def _max_abs(tree) -> float:
     return max(float(np.max(np.abs(np.asarray(leaf)))) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+_INITIAL: dict = {}
+
+
+def _initial_params(model, config: Config):
+    """The model's parameters from PRNGKey(0), initialised by one compiled program (Flax's init op by op takes
+    seconds) and shared by the tests of one model configuration."""
+    if config.model not in _INITIAL:
+        _INITIAL[config.model] = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return _INITIAL[config.model]
+
+
 def test_bfloat16_steps_keep_float32_parameters_and_state_and_a_close_loss():
     config = PLAIN.with_vocab_size(20)
     model = _reference_model(config)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = _initial_params(model, config)
     data = jnp.arange(300, dtype=jnp.int32) * 7 % 20
     results = {}
     for precision in ("float32", "bfloat16"):
@@ -642,13 +664,13 @@ def test_bfloat16_steps_keep_float32_parameters_and_state_and_a_close_loss():
 
 def test_accumulated_gradient_equals_the_big_batch_gradient():
     """3 micro-batches of 4 sequences; the oracle: jax.grad of the mean loss over the whole batch of 12 in one
-    pass. (That the run then sees the same batches: tests/test_cli.py, a mesh run with --accumulate 2.)"""
+    pass. (That the run then sees the same batches: tests/test_cli.py, runs with --accumulate 2.)"""
     config = dataclasses.replace(PLAIN, train=dataclasses.replace(PLAIN.train, accumulate=3))
     config = config.with_vocab_size(20)
     model = _reference_model(config)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = _initial_params(model, config)
     x, y = _toy_batch(config)
-    want_loss, want = jax.value_and_grad(lambda p: loop.loss_fn(model, p, x, y))(params)
+    want_loss, want = jax.jit(jax.value_and_grad(lambda p: loop.loss_fn(model, p, x, y)))(params)
     loss, grads = jax.jit(loop.make_grad_fn(model, config))(params, x, y, jax.random.PRNGKey(2))
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
     scale = _max_abs(want)
@@ -713,7 +735,8 @@ def test_resume_keeps_the_scaling_settings_or_refuses_a_change(capsys, tmp_path)
     tokenizer = CharTokenizer.from_text(CORPUS)
     scaled = RUN.with_overrides(precision="bfloat16", accumulate=2).with_vocab_size(tokenizer.vocab_size)
     model = _reference_model(scaled)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params)  # values do not matter here
     tx = loop.make_optimizer(scaled.train)
     training = {"opt_state": tx.init(params), "train_key": jax.random.PRNGKey(1), "eval_key": jax.random.PRNGKey(2),
                 "text_sha256": hashlib.sha256(CORPUS.encode("utf-8")).hexdigest()}
