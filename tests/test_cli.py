@@ -74,6 +74,18 @@ class _StubGrader:
             task, [runner.CheckResult("a check", outcomes.NOT_STARTED, "not started yet")])
 
 
+def _assert_every_stub_listed_not_started(out: str) -> None:
+    """`jaxgpt progress`'s table lists every task with its minutes and stars, each stub "not started"."""
+    lines = out.splitlines()
+    for task in task_list.TASKS:
+        line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
+        assert line is not None, f"task {task.number} is not listed:\n{out}"
+        assert f"{task.minutes} min" in line and task.stars in line
+        if task.test_file.exists():
+            assert line.endswith("not started"), line
+    assert f"0 of {len(task_list.TASKS)} tasks passed" in out
+
+
 def test_progress_lists_every_task_with_its_status(capsys, monkeypatch):
     """One line per task, in order, with its minutes, stars and status; the count of passed tasks; a stopped
     check ends the listing with a sentence and exit code 130 (the verdicts stand in for the worker's)"""
@@ -83,14 +95,7 @@ def test_progress_lists_every_task_with_its_status(capsys, monkeypatch):
     monkeypatch.setattr(worker, "Grader", stub)
     code, out, _ = run(capsys, "progress")
     assert code == 0 and stub.graded == [t.number for t in task_list.TASKS if t.test_file.exists()]
-    lines = out.splitlines()
-    for task in task_list.TASKS:
-        line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
-        assert line is not None, f"task {task.number} is not listed:\n{out}"
-        assert f"{task.minutes} min" in line and task.stars in line
-        if task.test_file.exists():
-            assert line.endswith("not started"), line
-    assert f"0 of {len(task_list.TASKS)} tasks passed" in out
+    _assert_every_stub_listed_not_started(out)
 
     first, second, third = task_list.TASKS[:3]
     monkeypatch.setattr(worker, "Grader", _StubGrader({
@@ -109,14 +114,7 @@ def test_progress_lists_every_task_and_the_stubs_read_not_started(capsys):
     test_progress_lists_every_task_with_its_status and tests/test_grading.py's test_stubs_read_not_started)"""
     code, out, _ = run(capsys, "progress")
     assert code == 0
-    lines = out.splitlines()
-    for task in task_list.TASKS:
-        line = next((l for l in lines if re.match(rf"\s*{task.number}\s+{re.escape(task.title)}\b", l)), None)
-        assert line is not None, f"task {task.number} is not listed:\n{out}"
-        assert f"{task.minutes} min" in line and task.stars in line
-        if task.test_file.exists():
-            assert line.endswith("not started"), line
-    assert f"0 of {len(task_list.TASKS)} tasks passed" in out
+    _assert_every_stub_listed_not_started(out)
 
 
 def test_status_words_for_passed_partial_and_blocked_tasks():
