@@ -190,6 +190,8 @@ def test_resume_refuses_another_configuration_text_or_model(tmp_path):
         recurrent.train(RESUMED.with_overrides(tokenizer="byte"), resume=tmp_path / "lstm", text=TEXT, **quiet)
     with pytest.raises(loop.TrainingError, match=r"trained on another text: resume it with the same text"):
         recurrent.train(None, resume=tmp_path / "lstm", text=TEXT[::-1], **quiet)
+    with pytest.raises(loop.TrainingError, match=r"trained task 15's CharLSTM, not a MiniGPT.*recurrent\.train"):
+        loop.train(None, resume=tmp_path / "lstm", text=TEXT, **quiet)
     gpt = configs.get_config("micro").with_vocab_size(run.config.model.vocab_size)
     params = jax.tree_util.tree_map(np.zeros, contract.model_shapes(**vars(gpt.model)),
                                     is_leaf=lambda s: isinstance(s, tuple))

@@ -498,6 +498,15 @@ def _load_for_resume(resume: str | os.PathLike, config: Config | None) -> dict[s
 
     try:
         params, saved_config, _, meta = checkpoint.load(resume)
+    except checkpoint.CheckpointError as err:
+        raise TrainingError(str(err)) from None
+    from jaxgpt.training.recurrent import LSTM_TASK
+
+    if int((meta.get("source") or {}).get("task", 1)) == LSTM_TASK:  # its training state also holds LSTM state
+        raise TrainingError(f"The run in {resume} trained task {LSTM_TASK}'s CharLSTM, not a MiniGPT: a resumed "
+                            f"run keeps its model, so continue it with recurrent.train(None, resume=...) "
+                            f"(`jaxgpt train --resume {resume}` finds its model itself).")
+    try:
         training = checkpoint.load_training_state(resume, make_optimizer(saved_config.train).init(params))
     except checkpoint.CheckpointError as err:
         raise TrainingError(str(err)) from None
