@@ -19,31 +19,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model  # bench/machine.py, beside this script
+from machine import describe  # bench/machine.py, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-
-
-def machine() -> dict:
-    cpu = cpu_model()
-    import jax
-
-    return {"cpu": cpu, "cpus": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "jaxlib": importlib.metadata.version("jaxlib"), "flax": importlib.metadata.version("flax"),
-            "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def measure(sample, model, params, new_tokens, repeats):
@@ -104,12 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "kv_cache.json")
     args = parser.parse_args(argv)
 
+    import jax  # noqa: F401  (imported before describe(), which then records the device)
+
     from jaxgpt.grader import implementation
     from jaxgpt.training import configs
 
     reference = implementation.resolve("reference")
     fields = dataclasses.asdict(configs.get_config("tiny").with_vocab_size(65).model)
-    result = {"machine": machine(), "config": "tiny", "fields": fields, "prompt_tokens": 1, "batch": 1,
+    result = {"machine": describe(), "config": "tiny", "fields": fields, "prompt_tokens": 1, "batch": 1,
               "repeats": args.repeats}
     print(f"tiny (block_size {fields['block_size']}) on {result['machine']['cpu']}, "
           f"{result['machine']['cpus']} cores, jax {result['machine']['jax']}, "

@@ -1,10 +1,12 @@
 """Benchmark: train the `tiny` configuration on tiny Shakespeare and record what it reached and how fast.
 
     .venv/bin/python bench/train_tiny.py [PATH_TO_INPUT_TXT] [--max-iters N] [--impl reference|tasks|PATH]
+                                         [--checkpoint DIR]
 
 Prints the run's evaluation lines and a summary, and writes bench/results/train_tiny.json: the final eval
 and train losses, wall time, training tokens per second, parameter count, the loss curve, the machine
-and a 300-character sample. The `tiny` configuration promises eval loss <= 1.75 within 10 minutes on a
+and a 300-character sample. With --checkpoint the trained model is also saved there, as `jaxgpt train` saves
+it (for `jaxgpt sample` and `jaxgpt play`). The `tiny` configuration promises eval loss <= 1.75 within 10 minutes on a
 2-core CPU; the script says whether this run kept that promise.
 """
 
@@ -12,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+from machine import describe, load_average  # bench/machine.py, beside this script
+from recipe import DEFAULT_CORPUS  # ../shared/data/tinyshakespeare/input.txt beside the repository
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_CORPUS = Path("/work/shared/data/tinyshakespeare/input.txt")
 TARGET_EVAL_LOSS = 1.75
 TARGET_MINUTES = 10.0
 
@@ -31,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-iters", type=int, default=None, help="a shorter run, for tuning")
     parser.add_argument("--impl", default="reference", help="whose MiniGPT (default: the reference's)")
     parser.add_argument("--out", default=str(HERE / "results" / "train_tiny.json"), help="the result file")
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="also save the trained model there (a directory `jaxgpt sample` and `jaxgpt play` read)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -49,9 +53,10 @@ def main(argv=None) -> int:
     if args.max_iters is not None:
         config = config.with_overrides(max_iters=args.max_iters,
                                        eval_interval=min(config.train.eval_interval, args.max_iters))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = describe()
     started = time.perf_counter()
-    history = loop.train(config, impl=args.impl, text=text, out_dir=None, progress=not args.no_progress)
+    history = loop.train(config, impl=args.impl, text=text, out_dir=args.checkpoint,
+                         progress=not args.no_progress)
     wall = time.perf_counter() - started
 
     # A sample from the trained model, as `jaxgpt sample` would print it.
@@ -74,8 +79,7 @@ def main(argv=None) -> int:
         "train_losses": [round(v, 4) for v in history.train_losses],
         "target": f"eval loss <= {TARGET_EVAL_LOSS} within {TARGET_MINUTES:g} minutes",
         "met_target": bool(history.final_eval_loss <= TARGET_EVAL_LOSS and wall <= TARGET_MINUTES * 60),
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load, "platform": platform.platform(),
-                    "jax": jax.__version__, "device": str(jax.devices()[0])},
+        "machine": {**machine, "device": str(jax.devices()[0]), "load_average_at_end": load_average()},
         "sample": sample_text,
     }
     out = Path(args.out)
