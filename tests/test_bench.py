@@ -55,7 +55,12 @@ def test_the_corpus_is_numbered_as_the_char_tokenizer_numbers_it(tmp_path):
     assert (x[:, 1:] == y[:, :-1]).all()
 
 
+@pytest.mark.slow
 def test_the_pytorch_peer_is_the_reference_model():
+    """The PyTorch peer computes the reference's logits from the same parameters and takes the same AdamW step.
+    (Slow: `import torch` and its first operations take some ten seconds, and CI, which has no PyTorch, skips it
+    anyway. The default run keeps what both sides of a race share: the schedule, the FLOPs count and the
+    corpus's numbering above.)"""
     torch = pytest.importorskip("torch", reason="the PyTorch peer needs the `bench` extra")
     import torch_peer  # bench/torch_peer.py
 

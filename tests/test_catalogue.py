@@ -6,8 +6,8 @@ uses), so the suites run as they do for a learner and not inside this pytest ses
 
 The whole catalogue takes minutes per task, so it is marked `slow`: `uv run pytest -m slow` (and CI) grades
 every entry, and the default `uv run pytest` grades a fixed sample of it (`sample` below). The sample is
-graded in a background process that starts when this file's first test runs, near the start of the session,
-so that on a 2-core machine its minute of grading overlaps the rest of the run; its verdicts are checked by
+graded in a background process that starts as soon as collection ends (`start_early`), so that on a 2-core
+machine its minute of grading overlaps the rest of the run; its verdicts are checked by
 tests/test_zz_catalogue_sample.py, which sorts last so as to be run last.
 """
 
@@ -161,15 +161,25 @@ class _SampleRun:
 SAMPLE_RUN = _SampleRun()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _start_the_sample_early(request):
-    """Starts grading the sample as soon as this file's tests run, when the sample's tests are selected and
-    the whole catalogue is not (the sample then reuses the whole catalogue's verdicts)."""
-    items = request.session.items
+def _start_the_sample(items) -> None:
+    """Starts grading the sample when the sample's tests are selected and the whole catalogue is not (the sample
+    then reuses the whole catalogue's verdicts)."""
     chosen = [item.callspec.params["entry"] for item in items
               if getattr(item, "originalname", "") == "test_catalogue_sample"]
     if chosen and not any(getattr(item, "originalname", "") == "test_catalogue_entry" for item in items):
         SAMPLE_RUN.start(chosen)
+
+
+def start_early(session, items):
+    """Called by tests/conftest.py once collection is done: the sample's grading starts then, not when this
+    file's first test runs, so that it overlaps as much of the run as it can."""
+    _start_the_sample(session.items)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _start_the_sample_early(request):
+    """Starts grading the sample as soon as this file's tests run, if collection did not (see start_early)."""
+    _start_the_sample(request.session.items)
     yield
 
 

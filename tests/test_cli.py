@@ -162,10 +162,16 @@ def test_check_on_a_stub_exits_1_and_says_not_started(capsys):
     assert "Task 3" in out and "not started" in out
 
 
-def test_check_reference_exits_0(capsys):
-    code, out, _ = run(capsys, "check", "3", "--impl", "reference", "-v")
+def test_check_reference_exits_0(capsys, monkeypatch, tmp_path):
+    """`jaxgpt check` grades in a worker of its own, as a learner's check does, and with --no-background it
+    neither uses nor starts the background grader even where the background grader is on (the default run's
+    guard of tests/test_grader_server.py's slow test of --no-background)"""
+    monkeypatch.setenv("JAXGPT_BACKGROUND", "on")
+    monkeypatch.setenv("JAXGPT_BACKGROUND_DIR", str(tmp_path / "background"))
+    code, out, _ = run(capsys, "check", "3", "--impl", "reference", "-v", "--no-background")
     assert code == 0
     assert "checks pass. Well done!" in out and "✓" in out
+    assert not (tmp_path / "background").exists() or not list((tmp_path / "background").iterdir())
 
 
 def test_check_unknown_task_is_a_sentence(capsys):

@@ -51,7 +51,11 @@ def test_the_second_check_is_answered_by_the_first_checks_server(background):
     assert _sockets(background) == first
 
 
+@pytest.mark.slow
 def test_no_background_grades_in_a_worker_of_its_own(background):
+    """`jaxgpt check --no-background` in a terminal, with the background grader on, starts no server. (Slow: a
+    process of its own that starts a worker of its own; the default run's guard is tests/test_cli.py's
+    test_check_reference_exits_0, which checks the same through cli.main in this process.)"""
     rc, said, _ = _check(background, "2", "--impl", REFERENCE, "--no-background")
     assert rc == 0 and "Well done" in said, said
     assert _sockets(background) == []

@@ -54,8 +54,7 @@ BROWSER_MISSING = ("the browser tests need Chromium and its driver, which are no
 # ---- the checkpoint and the server ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def save_checkpoint(directory: Path) -> Path:
     """A checkpoint of the reference's task 1 MiniGPT at its random initialisation (micro sizes)."""
     import jax
 
@@ -64,9 +63,33 @@ def saved(tmp_path_factory):
     config = configs.get_config("micro").with_vocab_size(TOKENIZER.vocab_size)
     model = loop.build_model(loop.model_class("reference", 1), config)
     params = loop.init_params(model, config, jax.random.PRNGKey(0))
-    directory = tmp_path_factory.mktemp("play") / "ckpt"
     checkpoint.save(directory, params, config, TOKENIZER, step=0, source={"impl": "reference", "task": 1})
     return directory
+
+
+_STARTED_EARLY: dict = {}  # "saved": the checkpoint's directory, "server": its server, started when collection ended
+
+
+def start_early(session, items):
+    """Called by tests/conftest.py once collection is done, with this file's selected tests: saves the checkpoint
+    and starts its server at once, so that the server imports JAX and compiles (seconds) while the tests before
+    these run."""
+    if not any("server" in item.fixturenames for item in items):
+        return
+    where = Path(tempfile.mkdtemp(prefix="jaxgpt-play-"))
+    session.config.add_cleanup(lambda: shutil.rmtree(where, ignore_errors=True))
+    _STARTED_EARLY["saved"] = save_checkpoint(where / "ckpt")
+    _STARTED_EARLY["server"] = Server(_STARTED_EARLY["saved"])
+    session.config.add_cleanup(_STARTED_EARLY["server"].stop)  # also when these tests never run (-x, Ctrl-C)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A checkpoint of the reference's task 1 MiniGPT at its random initialisation (micro sizes): the one
+    start_early saved, or a new one."""
+    if "saved" in _STARTED_EARLY:
+        return _STARTED_EARLY["saved"]
+    return save_checkpoint(tmp_path_factory.mktemp("play") / "ckpt")
 
 
 class Server:
@@ -112,9 +135,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(saved):
-    """The server, with `expected`: what `jaxgpt sample` writes with the test's settings, computed here
-    while the server starts."""
-    running = Server(saved)
+    """The server (the one start_early started, or a new one), with `expected`: what `jaxgpt sample` writes with
+    the test's settings, computed here while the server starts."""
+    running = _STARTED_EARLY.pop("server", None) or Server(saved)
     try:
         running.expected = expected_completion(saved)
         running.wait()

@@ -2,7 +2,8 @@
 verdict must say "blocked: finish task N first", not "failed" or "not started".
 
 Graded in a subprocess, as tests/test_catalogue.py does, so that the task suite runs as it does for a learner
-and not inside this pytest session.
+and not inside this pytest session: the process that tests/conftest.py starts as soon as collection ends, which
+grades these cases and tests/test_task04_blocking.py's while the tests before them run.
 """
 
 import json
@@ -14,25 +15,15 @@ import pytest
 
 from jaxgpt.grader import task_list
 
-GRADE = """
-import json, sys
-from jaxgpt.grader.runner import run_suite
-verdict = run_suite(6, sys.argv[1])
-print(json.dumps({"status": verdict.status, "text": verdict.text(verbose=True),
-                  "checks": [c.status for c in verdict.checks]}))
-"""
+STEMS = {n: task_list.get_task(n).stem for n in (1, 5, 6)}
+GRADED_EARLY = {f"task6_on_task{unfinished}_stub": (6, {STEMS[6]: "reference", STEMS[finished]: "reference",
+                                                        STEMS[unfinished]: "tasks"})
+                for unfinished, finished in ((5, 1), (1, 5))}
 
 
-@pytest.mark.parametrize("unfinished, finished", [(5, 1), (1, 5)], ids=["task5_stub", "task1_stub"])
-def test_unfinished_earlier_task_blocks_task_6(tmp_path, unfinished, finished):
-    stems = {n: task_list.get_task(n).stem for n in (1, 5, 6)}
-    shutil.copy(task_list.REFERENCE_DIR / f"{stems[6]}.py", tmp_path / f"{stems[6]}.py")
-    shutil.copy(task_list.REFERENCE_DIR / f"{stems[finished]}.py", tmp_path / f"{stems[finished]}.py")
-    shutil.copy(task_list.TASKS_DIR / f"{stems[unfinished]}.py", tmp_path / f"{stems[unfinished]}.py")
-    done = subprocess.run([sys.executable, "-c", GRADE, str(tmp_path)], capture_output=True, text=True,
-                          cwd=task_list.REPO_ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    verdict = json.loads(done.stdout.strip().splitlines()[-1])
+@pytest.mark.parametrize("unfinished", [5, 1], ids=["task5_stub", "task1_stub"])
+def test_unfinished_earlier_task_blocks_task_6(graded_early, unfinished):
+    verdict = graded_early(f"task6_on_task{unfinished}_stub")
     assert verdict["status"] == "blocked", verdict["text"]
     # The LayerNorm checks need neither earlier task and pass; every check of Block and MiniGPT is blocked.
     assert set(verdict["checks"]) == {"passed", "blocked"}, verdict["text"]

@@ -1,8 +1,8 @@
 """The default run's sample of the mistake catalogue: one entry per task (see `sample` in
 tests/test_catalogue.py, which says why these entries and why they are representative).
 
-The entries are graded in a background process that tests/test_catalogue.py starts near the beginning of the
-session; this file is named to sort last, because pytest runs files in name order, so that by the time its
+The entries are graded in a background process that tests/test_catalogue.py starts as soon as collection ends
+(its `start_early`); this file is named to sort last, because pytest runs files in name order, so that by the time its
 tests ask for the verdicts the grading has overlapped the rest of the run. Run alone, it grades the sample
 itself.
 """
