@@ -215,8 +215,14 @@ def test_layers_initialised_apart(impl, idx):
 # --- Logits ---------------------------------------------------------------------------------------------------
 
 
-def _oracle_logits(params, idx, n_layer=L):
-    return np.asarray(og.OracleGPT(**{**FIELDS, "n_layer": n_layer}).apply({"params": params}, idx))
+def _oracle_logits(params, idx, n_layer=L, kept=True):
+    """The unrolled oracle's logits. The checks' own (`kept`, the default) are remembered for the process by the
+    parameters' and inputs' bytes (tests/oracles_gpt.py's oracle_apply); the diagnoses' variants, computed only
+    when a check fails, are not kept."""
+    model = og.OracleGPT(**{**FIELDS, "n_layer": n_layer})
+    if kept:
+        return og.oracle_apply(model, {"params": params}, idx)
+    return np.asarray(model.apply({"params": params}, idx))
 
 
 def _unrolled_variant(params, order):
@@ -240,7 +246,8 @@ def _diagnose_logits(params, idx):
          "the model continue from the final carry, not from the stacked outputs.", [L - 1]),
     ]
     return checks.diagnose_from((why, lambda order=order: _oracle_logits(_unrolled_variant(params, order), idx,
-                                                                        len(order))) for why, order in variants)
+                                                                        len(order), kept=False))
+                                for why, order in variants)
 
 
 def _depth_explainer(impl, params, stacked_params):
@@ -257,7 +264,7 @@ def _depth_explainer(impl, params, stacked_params):
                 got = np.asarray(model.apply({"params": sub}, idx))
                 expected = _oracle_logits({**{k: v for k, v in params.items() if not k.startswith("blocks_")},
                                            **{f"blocks_{i}": params[f"blocks_{i}"] for i in range(depth)}},
-                                          idx, depth)
+                                          idx, depth, kept=False)
             except Exception:
                 return None
             if not differential._close(got, expected):
@@ -337,9 +344,10 @@ def _no_dropout_rng(err):
     return type(err).__name__ == "InvalidRngError" and "dropout" in str(err)
 
 
-def _program(impl, idx, what, fn):
+def _program(impl, idx, what, fn, traced=False):
+    """The program `fn` computes, traced by jax.make_jaxpr (or, `traced`, the ClosedJaxpr fn returns)."""
     try:
-        return jax.make_jaxpr(fn)().jaxpr
+        return fn().jaxpr if traced else jax.make_jaxpr(fn)().jaxpr
     except (NotImplementedError, checks.CheckFailed):
         raise
     except Exception as err:
@@ -378,11 +386,20 @@ def test_one_block_for_any_depth(impl, idx):
                     "blocks should run n_layer times (length=self.n_layer).")
 
 
-def _gradient(model, p, idx):
-    def loss(params):
-        return model.apply({"params": params}, idx, deterministic=False,
-                           rngs={"dropout": jax.random.key(0)}).sum()
-    return jax.grad(loss)(p)
+_GRADIENTS: dict = {}  # model -> its traced training gradient: traced once, read by both remat checks
+
+
+def _traced_gradient(model, stacked, short):
+    """`jax.jit(jax.value_and_grad(loss)).trace(stacked)` for the summed training logits on `short` (dropout key 0):
+    its program (.jaxpr) is what test_remat reads, and it is compiled (.lower().compile()) by
+    test_remat_same_gradients, so that the scanned model's gradient is traced once per model, not once per check."""
+    key = (model, short.tobytes(), short.shape)
+    if key not in _GRADIENTS:
+        def loss(params):
+            return model.apply({"params": params}, short, deterministic=False,
+                               rngs={"dropout": jax.random.key(0)}).sum()
+        _GRADIENTS[key] = jax.jit(jax.value_and_grad(loss)).trace(stacked)
+    return _GRADIENTS[key]
 
 
 def test_remat(impl, stacked, idx):
@@ -391,7 +408,8 @@ def test_remat(impl, stacked, idx):
     short = idx[:1, :6]
     for flag, model in models.items():
         names = {e.primitive.name for e in _walk(_program(impl, idx, f"the gradient of ScannedMiniGPT(remat={flag})",
-                                                          lambda m=model: _gradient(m, stacked, short)))}
+                                                          lambda m=model: _traced_gradient(m, stacked, short).jaxpr,
+                                                          traced=True))}
         if flag and not names & REMAT_PRIMITIVES:
             checks.fail("with remat=True the gradient's program keeps every activation: nothing in it is "
                         "rematerialised. Wrap the scanned step (or the Block) in nn.remat when self.remat is True.")
@@ -408,10 +426,7 @@ def test_remat_same_gradients(impl, stacked, idx):
     short = idx[:1, :6]
 
     def grads(model):
-        def loss(params):
-            return model.apply({"params": params}, short, deterministic=False,
-                               rngs={"dropout": jax.random.key(0)}).sum()
-        return jax.jit(jax.value_and_grad(loss))(stacked)
+        return _traced_gradient(model, stacked, short).lower().compile()(stacked)  # traced once, by test_remat
 
     (plain_value, plain), (remat_value, remat) = grads(models[False]), grads(models[True])
     checks.assert_close(remat_value, plain_value, "the summed training logits with remat=True (same dropout key)",

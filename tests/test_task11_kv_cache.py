@@ -63,6 +63,7 @@ ATOL = 1e-4  # times max(1, the reference's largest magnitude)
 # Helpers: building and calling the learner's model
 
 
+@og.kept  # kept across checks (tests/oracles_gpt.py): nothing here depends on the code under test
 @functools.lru_cache(maxsize=None)
 def _params():
     """Random parameters in the lesson's tree (MiniGPT's), the same for the learner's model and the reference."""
@@ -166,6 +167,7 @@ def _run_model(model, params, idx, cache, position, *, jit=True):
 # The reference: MiniGPT's logits and its attention's keys and values
 
 
+@og.kept
 @functools.lru_cache(maxsize=None)
 def _jitted_reference(reference_minigpt):
     """MiniGPT's logits and its attention's keys and values, recorded while tracing, in one compiled function."""
@@ -189,15 +191,16 @@ def _jitted_reference(reference_minigpt):
     return jax.jit(run)
 
 
-_REFERENCE_RUNS: dict = {}
+_REFERENCE_RUNS: dict = og.kept_value(__file__, "_REFERENCE_RUNS", dict)  # by the input's bytes, for the process
 
 
 def _reference_run(reference, idx):
     """MiniGPT's logits (B, T, V) on idx, and every layer's keys and values {'blocks_i': {'key': (B, T, H, D)}}."""
     idx = np.asarray(idx, np.int32)
-    memo = (idx.tobytes(), idx.shape)
+    minigpt = reference.other(1).MiniGPT
+    memo = (minigpt, idx.tobytes(), idx.shape)
     if memo not in _REFERENCE_RUNS:
-        logits, kv = _jitted_reference(reference.other(1).MiniGPT)(_params(), jnp.asarray(idx))
+        logits, kv = _jitted_reference(minigpt)(_params(), jnp.asarray(idx))
         _REFERENCE_RUNS[memo] = (np.asarray(logits), jax.tree_util.tree_map(np.asarray, kv))
     return _REFERENCE_RUNS[memo]
 
@@ -460,6 +463,7 @@ HASH_BLOCK = 5
 MULTIPLIERS = np.array((3, 5, 7, 2, 11), np.int32)  # one per slot, none 0 mod 13
 
 
+@og.kept
 @jax.jit
 def _hash_cache_logits(idx, slots, position, table):
     B, T = idx.shape
@@ -679,6 +683,7 @@ def _task8_tokens(logits_of, prompt, key, max_new_tokens, block_size, temperatur
     return seq, closest
 
 
+@og.kept
 @functools.partial(jax.jit, static_argnames="top_k")
 def _lesson_sample(logits, subkey, temperature, top_k):
     """Task 8's step on (B, V) logits: the token, and the Gumbel-perturbed scores categorical takes the argmax of."""

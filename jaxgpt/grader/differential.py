@@ -156,6 +156,7 @@ def record(module, variables, *args, deterministic: bool | None = None, rngs: di
 
     key = _memo_key(module, variables, args, deterministic, rngs, keyed)
     if key is not None and key in _MEMO:
+        _MEMO[key] = _MEMO.pop(key)  # the most recently used last: the reference's records outlive the learner's
         return _MEMO[key]
 
     events: list[Event] = []
@@ -409,7 +410,10 @@ def drawn_keys(module, variables, *args, **kwargs) -> list[tuple[Draw, list[byte
 
 
 _MEMO: dict = {}
-_MEMO_SIZE = 32  # a suite makes about a dozen records; the catalogue runner and a warm worker repeat them
+# A suite makes a few dozen records. The learner's are made anew at every check (their module is imported
+# afresh), the reference's are the same at every check of a task: the memo keeps the most recently used, enough
+# for a worker's checks of one task after another to find the reference's records still there.
+_MEMO_SIZE = 256
 
 
 def _memo_key(module, variables, args, deterministic, rngs, keyed=None):
@@ -965,6 +969,8 @@ _CATALOGUE_OUTPUTS: dict = {}
 
 
 def _catalogue_views(task):
+    import atexit
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -973,6 +979,8 @@ def _catalogue_views(task):
     if task.number not in _CATALOGUE_CACHE:
         views = []
         workdir = Path(tempfile.mkdtemp(prefix="jaxgpt-diagnosis-"))
+        # The entries' modules are imported from there and stay loaded; the files go when the process ends.
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
         for entry in mistakes.entries(task):
             if entry.kind != "mistake":
                 continue

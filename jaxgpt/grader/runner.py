@@ -363,7 +363,11 @@ def run_suite(task: int | task_list.Task, impl: Any = "tasks", timeout_s: float 
             "challenge from a clone with `pip install -e .` so that they can be found.")
     # --tb=native: pytest's own long tracebacks of chained JAX errors cost seconds, and the learner never sees
     # them (outcomes.classify writes the sentence). --capture=sys keeps each check's printed output apart.
+    # --assert=plain: pytest would otherwise parse and recompile the test module and conftest.py at every check
+    # (the module is imported afresh each time, see _fresh_test_module), a third of a quick check's time, for
+    # an explanation of failed asserts that outcomes._assertion_text cuts off anyway.
     args = [str(task.test_file), "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:faulthandler",
+            "--assert=plain",
             "--capture=sys", "--tb=native", "-o", f"timeout={timeout_s:g}", f"--rootdir={task_list.REPO_ROOT}",
             "-c", str(task_list.REPO_ROOT / "pyproject.toml"), "-W", "ignore::DeprecationWarning",
             "-m", ""]  # every check of the task, whatever the project's own default selection (addopts' -m)
