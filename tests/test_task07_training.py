@@ -165,6 +165,10 @@ def _diagnose_loss(logits, targets):
          lambda: -picked.sum(axis=0).mean()),
         ("there is no log-softmax: the target's raw logit is used; take it from "
          "jax.nn.log_softmax(logits, axis=-1).", lambda: -_picked(np.asarray(logits, np.float64), targets).mean()),
+        ("log_probs[..., targets] picks every target at every position (a (B, T, B, T) array, as PyTorch's "
+         "indexing would too): pick one value per position with jnp.take_along_axis(log_probs, "
+         "targets[..., None], axis=-1)[..., 0].",
+         lambda: -_log_softmax64(logits)[..., np.asarray(targets)].mean()),
     ])
 
 
@@ -467,6 +471,13 @@ def test_create_train_state_optimizer(impl):
             ("the optimiser is optax.adam, which has no weight decay: use optax.adamw.",
              lambda: two_steps(optax.adam(learning_rate))),
             ("the optimiser is plain SGD: use optax.adamw.", lambda: two_steps(optax.sgd(learning_rate))),
+            ("weight_decay is passed to optax.adamw by position, where the second argument is b1 (Adam's "
+             "momentum): write optax.adamw(learning_rate, weight_decay=weight_decay).",
+             lambda: two_steps(optax.adamw(learning_rate, weight_decay))),
+            ("the weight decay is added to the gradient before Adam (optax.chain(optax.add_decayed_weights(...), "
+             "optax.adam(...)) is L2 regularisation, which Adam then rescales): AdamW decays the parameters "
+             "after Adam's normalisation; use optax.adamw(learning_rate, weight_decay=weight_decay).",
+             lambda: two_steps(optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate)))),
             *[("the learning_rate argument is not passed on to optax.adamw: it is fixed at the video's "
                f"{fixed}.", lambda fixed=fixed: two_steps(optax.adamw(fixed, weight_decay=weight_decay)))
               for fixed in (1e-3, 3e-4)],
@@ -577,6 +588,10 @@ def test_train_step_update(impl):
         ("the gradient was taken with dropout off: the loss you differentiate should call the model with "
          "deterministic=False and rngs={'dropout': dropout_key}.",
          lambda: state.apply_gradients(grads=_oracle_deterministic_grads(state, x, y)).params),
+        ("the parameters moved by exactly one AdamW step, but uphill: Optax's updates already carry the minus "
+         "sign (-learning_rate * ...), so they are added, optax.apply_updates(params, updates), not subtracted "
+         "as in PyTorch's p -= lr * g. state.apply_gradients(grads=grads) does it for you.",
+         lambda: jax.tree_util.tree_map(lambda old, new: 2 * old - new, state.params, expected_state.params)),
     ])
     # A second step from the state the first returned: the optimiser's moments must travel in the state too.
     x2, y2 = _batch(seed=2)
@@ -688,6 +703,13 @@ def test_evaluate_mean_over_batches(impl):
             keys.append(sub)
         return keys
 
+    def trained_between_batches():
+        s, found = state, []
+        for k in jax.random.split(key, EVAL_ITERS):
+            s, loss, _ = _oracle_step(s, *get_batch(k, RANDOM_TOKENS, B, T), k)
+            found.append(float(loss))
+        return np.mean(found)
+
     checks.assert_close(got, np.mean(losses), "evaluate's result", rtol=1e-5, atol=1e-6,
                         diagnose=checks.diagnose_from([
         (FROM_CROSS_ENTROPY, lambda: np.mean([
@@ -701,6 +723,9 @@ def test_evaluate_mean_over_batches(impl):
         ("the batches are drawn with other keys than the lesson's: batch i uses keys[i] with "
          "keys = jax.random.split(key, eval_iters).",
          lambda: np.mean(_oracle_batch_losses(PLAIN.apply, state.params, chained_keys()))),
+        ("evaluate trains: it takes an optimiser step (train_step) on every batch, so the parameters move "
+         "between batches. Evaluation only runs the model, state.apply_fn({'params': state.params}, x, "
+         "deterministic=True), and takes the loss.", lambda: trained_between_batches()),
     ]))
 
 
@@ -787,6 +812,7 @@ def test_train_learns(impl):
 REPLAY_STEPS = 3
 REPLAY_KEY = 16
 _SEEN_BY_MODEL = []  # (dropout key data, x) for each training call of the recording model below
+_OTHER_STREAMS = set()  # RNG stream names other than 'dropout' that a training call of the model was given
 
 
 def _key_data(key):
@@ -796,6 +822,8 @@ def _key_data(key):
 
 def _recording_apply(variables, x, *args, rngs=None, **kwargs):
     """DROPPY.apply that also notes the dropout key and the batch each training call receives."""
+    if rngs and "dropout" not in rngs and not kwargs.get("deterministic", True):
+        _OTHER_STREAMS.update(rngs)  # noted while tracing: the streams a training call named instead
     if rngs and "dropout" in rngs:
         key = rngs["dropout"]
         data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
@@ -893,6 +921,7 @@ def test_train_keys_and_replay(impl):
     state = _oracle_state(DROPPY, ADAMW)
     key = jax.random.key(REPLAY_KEY)
     _SEEN_BY_MODEL.clear()
+    _OTHER_STREAMS.clear()
     new_state, losses = _call_train(impl, state.replace(apply_fn=_recording_apply), RANDOM_TOKENS, key, REPLAY_STEPS)
     jax.effects_barrier()  # every callback has run
     seen = list(_SEEN_BY_MODEL)
@@ -901,6 +930,11 @@ def test_train_keys_and_replay(impl):
             np.array_equal(seen[i][0], seen[i - i % calls][0]) and np.array_equal(seen[i][1], seen[i - i % calls][1])
             for i in range(len(seen))):
         seen = seen[::calls]  # a train_step that runs the model more than once per step, with one key and batch
+    if not seen and _OTHER_STREAMS:
+        checks.fail(f"in {REPLAY_STEPS} steps of train the model ran with dropout on but its key named "
+                    + ", ".join(repr(n) for n in sorted(_OTHER_STREAMS)) + " (rngs={"
+                    + ", ".join(f"{n!r}: ..." for n in sorted(_OTHER_STREAMS)) + "}): Flax's Dropout draws from "
+                    "the stream named 'dropout', so pass rngs={'dropout': dropout_key}.")
     if not seen:
         checks.fail(f"in {REPLAY_STEPS} steps of train the model never ran with a dropout key: train should call "
                     "train_step, which runs the model with deterministic=False and rngs={'dropout': dropout_key}.")

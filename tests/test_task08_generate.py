@@ -321,6 +321,10 @@ def _assert_frequencies(fn, name, temperature, top_k):
             sampled = sorted(np.unique(new).tolist())
             if why is None and set(sampled) <= set(np.argsort(FIXED_LOGITS)[:top_k].tolist()):
                 why = "only tokens among the k smallest logits were sampled: keep the k largest (jax.lax.top_k)."
+            elif why is None and set(sampled) <= set(range(top_k)):
+                why = ("only tokens 0 .. k-1 were sampled: that is the position within jax.lax.top_k's k values, "
+                       "not a token id. Map it back through the indices top_k returns (indices[row, choice]), or "
+                       "keep the whole vocabulary and set the logits below the k-th largest to -inf.")
             checks.fail(f"with top_k={top_k} only tokens {sorted(allowed.tolist())} (the {top_k} largest logits) "
                         f"may be sampled, but {name} sampled {sampled}."
                         + (f"\n  Likely cause: {why}" if why else ""))
@@ -508,7 +512,8 @@ SOFT_MISTAKES = (
                              f"key that has been used must not be split again. Split first: {LESSON_KEYS}."),
     (dict(keys="same"), "the same key is used at every step: split it each step, key, subkey = "
                         "jax.random.split(key), and sample with subkey."),
-    (dict(keys="up_front"), "the keys are split up front (jax.random.split(key, max_new_tokens)): split the key the "
+    (dict(keys="up_front"), "the keys are split up front (jax.random.split(key, max_new_tokens)[i], which is also "
+                            "jax.random.fold_in(key, i)) rather than carried: split the key the "
                             f"same way as the lesson, {LESSON_KEYS}, so that a key gives the reference's tokens."),
     (dict(keys="fold_in"), "the keys come from jax.random.fold_in(key, step): split the key the same way as the "
                            f"lesson, {LESSON_KEYS}, so that a key gives the reference's tokens."),

@@ -183,7 +183,8 @@ def _other_recipes(key, num_steps):
     return [
         ("the keys are split in another order (key, dropout_key, batch_key = jax.random.split(key, 3)): the lesson "
          "splits key, batch_key, dropout_key, in that order.", swapped),
-        ("the step keys are split up front (jax.random.split(key, num_steps)) and each split again: the lesson "
+        ("the step keys are split up front (jax.random.split(key, num_steps), or jax.random.fold_in(key, step), "
+         "which gives the same keys) and each split again: the lesson "
          "carries the key through the scan, key, batch_key, dropout_key = jax.random.split(key, 3) at each step.",
          up_front),
         ("the step keys are split up front (jax.random.split(key, num_steps)), each split in three: the lesson "
@@ -392,11 +393,14 @@ def _init_params():
     return _oracle_state(DROPPY, ADAMW).params
 
 
-def _separate_run(params, data, key, learning_rate, keys="lesson", weight_decay=WEIGHT_DECAY, num_steps=STEPS):
+def _separate_run(params, data, key, learning_rate, keys="lesson", weight_decay=WEIGHT_DECAY, num_steps=STEPS,
+                  b1=None):
     """One rate trained on its own with the oracle's step and the lesson's keys: (params, losses)."""
     state = train_state.TrainState.create(apply_fn=DROPPY.apply, params=params, tx=INJECTED)
     hyper = dict(state.opt_state.hyperparams, learning_rate=jnp.float32(learning_rate),
                  weight_decay=jnp.float32(weight_decay))
+    if b1 is not None:  # a known mistake: weight_decay passed by position lands on b1
+        hyper["b1"] = jnp.float32(b1)
     state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
     losses = []
     for _ in range(num_steps):
@@ -463,6 +467,9 @@ def test_sweep_equals_separate_runs(impl):
              lambda: _separate_runs(RANDOM_TOKENS, key, SWEEP_RATES, weight_decay=1e-4)[1]),
             ("there is no weight decay: the optimiser is optax.adam, or weight_decay=0; use optax.adamw(rate, "
              "weight_decay=weight_decay).", lambda: _separate_runs(RANDOM_TOKENS, key, SWEEP_RATES, weight_decay=0.0)[1]),
+            ("weight_decay is passed to the optimiser by position, where the second argument of optax.adamw is "
+             "b1 (Adam's momentum): write weight_decay=weight_decay.",
+             lambda: _separate_runs(RANDOM_TOKENS, key, SWEEP_RATES, weight_decay=1e-4, b1=WEIGHT_DECAY)[1]),
         ]
         for why, compute in candidates:
             try:

@@ -142,10 +142,12 @@ SCHEDULES = ((3e-3, 7, 45, 3e-4), (0.5, 1, 20, None), (2.0, 12, 13, 0.25))
 
 def _schedule_np(steps, peak, warmup, decay, end, *, ahead=0, reach_early=False, ignore_end=False,
                  end_on_top=False, decay_after_warmup=False, cosine_from_zero=False, no_hold=False,
-                 quarter=False, linear=False, no_warmup=False, zero_after=False):
+                 quarter=False, linear=False, no_warmup=False, zero_after=False, warm_from_end=False):
     """The schedule in float64 for an array of steps, with one switch per known mistake."""
     t = np.asarray(steps, np.float64)
     warm = peak * (t + ahead) / (warmup - 1 if reach_early and warmup > 1 else warmup)
+    if warm_from_end:
+        warm = end + (peak - end) * t / warmup
     span = decay if decay_after_warmup else decay - warmup
     p = (t if cosine_from_zero else t - warmup) / span
     p = p if no_hold else np.clip(p, 0.0, 1.0)
@@ -182,6 +184,8 @@ _SCHEDULE_MISTAKES = [
      dict(linear=True)),
     ("there is no warmup: the schedule should climb linearly from 0 at step 0 to peak_value at step warmup_steps, "
      "then decay.", dict(no_warmup=True)),
+    ("the warmup starts from end_value: it climbs from 0 at step 0 (Optax's init_value, here 0) to peak_value, "
+     "peak_value * step / warmup_steps; end_value is where the cosine ends.", dict(warm_from_end=True)),
 ]
 
 
@@ -521,7 +525,8 @@ def _simulate(params, grads_seq, options, steps=None, *, count_from_zero=False, 
               l2=False, decay_without_lr=False, decay_after_update=False, mask_ignored=False, mask_inverted=False,
               mask_none_no_decay=False, mask_freezes=False, lr_after_increment=False, weight_decay=None,
               default_weight_decay=1e-4, eps_added=False, count_start=0, corrections_swapped=False,
-              corrected_kept=False, defaults=False, sign=1.0):
+              corrected_kept=False, defaults=False, sign=1.0, mu_swapped=False, nu_of_g=False,
+              power_outside=False):
     """The whole run in float64, one switch per known mistake: the parameters after each step, (steps, numbers)."""
     options = dict(options)
     lr = options.pop("learning_rate")
@@ -543,10 +548,13 @@ def _simulate(params, grads_seq, options, steps=None, *, count_from_zero=False, 
         for g in grads:
             if l2:
                 g = g + wd * p * decays
-            m = (1 - b1) * m + b1 * g if betas_swapped else b1 * m + (1 - b1) * g
-            v = (1 - b2) * v + b2 * g * g if betas_swapped else b2 * v + (1 - b2) * g * g
+            m = (1 - b1) * m + b1 * g if betas_swapped or mu_swapped else b1 * m + (1 - b1) * g
+            g2 = g if nu_of_g else g * g
+            v = (1 - b2) * v + b2 * g2 if betas_swapped else b2 * v + (1 - b2) * g2
             t = 1 if count_stuck else count if count_from_zero else count + 1
             c1, c2 = (1 - b2 ** t, 1 - b1 ** t) if corrections_swapped else (1 - b1 ** t, 1 - b2 ** t)
+            if power_outside:
+                c1, c2 = (1 - b1) ** t, (1 - b2) ** t
             m_hat = m if no_mu_correction else m / c1
             v_hat = v if no_nu_correction else v / c2
             if eps_added:
@@ -601,6 +609,12 @@ _ADAMW_MISTAKES = [
      dict(no_sqrt=True)),
     ("b1 and b2 weight the new gradient instead of the old moment: mu = b1 * mu + (1 - b1) * g keeps most of the "
      "old mu.", dict(betas_swapped=True)),
+    ("in the first moment b1 weights the new gradient instead of the old moment: mu = b1 * mu + (1 - b1) * g keeps "
+     "most of the old mu.", dict(mu_swapped=True)),
+    ("the second moment accumulates g, not g ** 2: nu = b2 * nu + (1 - b2) * g ** 2, a running mean of the squares "
+     "(a negative nu has no square root).", dict(nu_of_g=True)),
+    ("the bias correction raises the wrong thing to the power t, (1 - b1) ** t: it is 1 - b1 ** t (and "
+     "1 - b2 ** t), which tends to 1 as t grows.", dict(power_outside=True)),
     ("the weight decay is added to the gradient before the moments (L2 regularisation, PyTorch's Adam with "
      "weight_decay): Adam then divides it by sqrt(nu) like the rest. AdamW's decay is decoupled: u = mu_hat / "
      "(sqrt(nu_hat) + eps) + weight_decay * p, after the moments.", dict(l2=True)),
@@ -659,7 +673,18 @@ def _adamw_diagnose(cases, got_all):
         if all(_finite_match(got, _simulate(params, grads_seq, options, got.shape[0], **switches))
                for (params, grads_seq, options), got in zip(cases, got_all)):
             return why
+    # A mistake whose run overflows (a bias correction (1 - b1) ** t that underflows float32 within 15 steps while
+    # float64 holds on) cannot be followed to the end: it is named when it gives the learner's first EARLY steps.
+    for why, switches in _ADAMW_MISTAKES:
+        if switches.get("power_outside") and all(
+                got.shape[0] >= EARLY and _finite_match(got[:EARLY], _simulate(params, grads_seq, options, EARLY,
+                                                                                **switches))
+                for (params, grads_seq, options), got in zip(cases, got_all)):
+            return why
     return None
+
+
+EARLY = 5  # steps of a run compared for a mistake that overflows later
 
 
 def _compare_trajectories(got, expected, params, what, diagnose):

@@ -319,7 +319,12 @@ def _logits(model, idx, what):
             checks.fail(f"{what} should be one array, the logits (B, T, vocab_size), but the model returns a "
                         f"{type(out).__name__} of {len(out)} items.")
         B, T = idx.shape
-        checks.assert_shape(out, (B, T, V), what, hint="One row of vocab_size scores per position.")
+        shape = tuple(np.shape(out))
+        hint = ("One row of vocab_size scores per position." if not (T < S and len(shape) == 3 and shape[1] == S)
+                else f"The input has T = {T} tokens but the logits have block_size = {S} positions: something is "
+                "sized by block_size instead of the input (the causal mask, or the positions): build them from "
+                "T = idx.shape[1].")
+        checks.assert_shape(out, (B, T, V), what, hint=hint)
         _LOGITS[memo] = np.asarray(jnp.asarray(out, jnp.float32))
     return _LOGITS[memo]
 

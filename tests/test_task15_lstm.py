@@ -848,7 +848,22 @@ CHUNK_CASES = ((100, 3, 7), (43, 3, 7), (64, 5, 2), (42, 3, 7))  # spare tokens;
 
 
 def _call_chunks(impl, data, batch, block):
-    out = _function(impl, "stream_chunks")(data, batch, block)
+    fn = _function(impl, "stream_chunks")
+    try:
+        out = fn(data, batch, block)
+    except (checks.CheckFailed, NotImplementedError):
+        raise
+    except Exception as err:
+        n = len(data)
+        if n % (batch * block) == 0:  # the one length where len(data) // (B * T) and (len(data) - 1) // (B * T) part
+            where = outcomes.learner_frame(err)
+            checks.fail(f"stream_chunks(data of {n} tokens, batch_size={batch}, block_size={block}) raised "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                        + (f"\n    at {where}" if where else "")
+                        + f"\n  Likely cause: {n} is a multiple of batch_size * block_size = {batch * block}, and N "
+                        "counts the chunks of the whole text, len(data) // (B * T); the targets need one token past "
+                        f"the last chunk, so N = (len(data) - 1) // (B * T) = {(n - 1) // (batch * block)}.")
+        raise
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         checks.fail(f"stream_chunks should return (x, y), two arrays (N, B, T); it returned {_describe(out)}.")
     return checks.as_array(out[0], "stream_chunks' x"), checks.as_array(out[1], "stream_chunks' y")
