@@ -107,7 +107,10 @@ def test_python_m_bench_lists_the_benchmarks_and_refuses_an_unknown_one():
     assert unknown.returncode == 2 and "There is no benchmark 'nope'" in unknown.stdout
 
 
+@pytest.mark.slow
 def test_the_jax_side_measures_a_few_steps():
+    """(Slow: some ten seconds of compilation. The default run keeps the parts a race is built from: the
+    schedule, the FLOPs count, the corpus's numbering, and `python -m bench`'s list.)"""
     import jax_run  # bench/jax_run.py
 
     result = jax_run.throughput(configs.get_config("micro").with_vocab_size(11).to_dict(), calls=2,

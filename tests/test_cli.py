@@ -304,10 +304,13 @@ def test_train_scaling_options_that_do_not_fit_are_sentences(capsys, corpus, tmp
     assert code == 2 and "invalid choice: 'float16'" in err
 
 
+@pytest.mark.slow
 def test_train_with_accumulation_gives_the_plain_runs_losses(capsys, trained, corpus, tmp_path):
     """`jaxgpt train --accumulate 2`: each batch in 2 micro-batches of 4, said so; the losses of its 10 steps and
     evaluations are those of the plain run (`trained`) up to float32 roundoff (1e-5; see tests/test_training.py).
-    The same on a 4x2 mesh of simulated devices, with FSDP, is the slow test below (a process of its own)."""
+    The same on a 4x2 mesh of simulated devices, with FSDP, is the slow test below (a process of its own).
+    (Slow too: a second training run. By default tests/test_training.py checks the accumulated gradient against
+    the big batch's.)"""
     out = tmp_path / "accumulated"
     code, output, err = run(capsys, "train", "--config", "micro", "--impl", "reference", "--data", str(corpus),
                             "--out", str(out), "--max-iters", "10", "--eval-interval", "5", "--no-progress",

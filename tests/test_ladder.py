@@ -1,7 +1,9 @@
 """The loss ladder (jaxgpt/ladder.py): every rung builds from the reference's modules and trains, an unfinished
 or broken rung is one sentence while the others train, the GPU rung waits for a GPU, the same seed gives the
 same losses, and the table and the picture are made from the results. A made-up corpus and toy sizes keep it
-to seconds."""
+to seconds. The tests that train every rung (seven models, some 30 s of compilation on a new machine) are
+marked slow; the default run still trains the bigram from the reference, a ladder with an unfinished and a
+broken rung, the command line and the notebook cell, and builds the residual and LayerNorm rungs."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def close_figures():
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_every_rung_trains_from_the_reference(reference_ladder):
     """Every CPU rung trains from the reference's modules: a finite eval loss at steps 0, 2 and 4, below the
     first evaluation's, with the video's figure beside it"""
@@ -66,6 +69,7 @@ def test_every_rung_trains_from_the_reference(reference_ladder):
     assert reference_ladder["+ LayerNorm"].eval_loss < reference_ladder["+ LayerNorm"].eval_losses[0]
 
 
+@pytest.mark.slow
 def test_each_rung_is_the_model_it_names(reference_ladder):
     """The parameter counts are those of the video's models at these sizes, counted by hand (V = 29 characters,
     C = 16, context 6): each rung adds exactly its part"""
@@ -160,6 +164,7 @@ def test_an_unfinished_rung_is_a_sentence_and_the_others_train():
     assert "skipped" in table and "bigram" in table
 
 
+@pytest.mark.slow
 def test_the_gpu_rung_waits_for_a_gpu(reference_ladder, monkeypatch):
     """On a CPU the GPU rung is not run and says how to run it; it is trained when asked (gpu=True) or when JAX
     runs on a GPU. (The CPU-sized scale rung trains the same MiniGPT with dropout in the other tests.)"""
@@ -183,6 +188,7 @@ def test_the_gpu_rung_waits_for_a_gpu(reference_ladder, monkeypatch):
     assert trained == ["dropout and scale", "dropout and scale"]
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_losses(reference_ladder):
     """The same seed gives the same curves again (with dropout on); another seed gives other ones"""
     again = train(rungs=[toy(ladder.get_rung("scale, CPU-sized"))])["scale, CPU-sized"]
@@ -192,6 +198,7 @@ def test_the_same_seed_gives_the_same_losses(reference_ladder):
     assert other.eval_losses != reference_ladder["bigram"].eval_losses
 
 
+@pytest.mark.slow
 def test_the_picture_and_the_tables(reference_ladder, tmp_path):
     """The picture has one curve per rung that ran and a row per rung beside the video's figures; the tables
     have a row per rung and render the same from the JSON"""

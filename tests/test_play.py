@@ -307,10 +307,13 @@ def sampled_bytes(directory: Path, prompt: str, tokens: int, seed: int, temperat
     return [int(i) for i in ids[len(prompt_ids):]]
 
 
+@pytest.mark.slow
 def test_a_byte_checkpoint_answers_through_the_http_api_in_whole_characters(tmp_path):
     """A model trained with --tokenizer byte on a text with accents and emoji, served by jaxgpt/play.py: the
     answer is UTF-8 JSON lines (read strictly), each piece whole characters, the completion what `jaxgpt
-    sample` writes with the same seed, finished where the length ended inside a character"""
+    sample` writes with the same seed, finished where the length ended inside a character. (Slow: it trains a
+    model of its own. The default run keeps the byte stream's unit tests above, the byte training of
+    tests/test_cli.py and the served character model's HTTP and browser tests.)"""
     directory = train_bytes(tmp_path, 4)
     prompt = "naïve café 🙂 "
     with serving(directory) as server:
