@@ -51,6 +51,39 @@ def test_the_second_check_is_answered_by_the_first_checks_server(background):
     assert _sockets(background) == first
 
 
+def test_a_connection_reset_by_an_ending_server_means_a_worker_of_its_own(tmp_path):
+    """A server that was ending when the command connected closes its listener with the connection still
+    waiting in it, which resets it: the command grades in a worker of its own (server.Unavailable), and never
+    shows ConnectionResetError's traceback"""
+    import socket
+    import threading
+
+    path = tmp_path / "grader-ending.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    grader = server.BackgroundGrader()
+    grader.path = path
+    threading.Timer(0.5, listener.close).start()  # the request is sent by then, never accepted
+    with pytest.raises(server.Unavailable, match="ended while it checked"):
+        grader.grade(2, REFERENCE)
+
+
+@pytest.mark.slow
+def test_a_check_right_after_stop_background_passes(background):
+    """`jaxgpt check --stop-background` returns once the servers it ended take no connection, and the next
+    check starts a fresh one (it used to meet the ending server and print ConnectionResetError). (Slow: two
+    servers start; the default run's guard is the reset test above.)"""
+    rc, said, _ = _check(background, "2", "--impl", REFERENCE)
+    assert rc == 0 and "Well done" in said, said
+    rc, said, _ = _check(background, "0", "--stop-background")
+    assert rc == 0 and "Ended 1 background grader." in said, said
+    assert _sockets(background) == []
+    rc, said, _ = _check(background, "2", "--impl", REFERENCE)
+    assert rc == 0 and "Well done" in said and "Traceback" not in said, said
+    assert len(_sockets(background)) == 1
+
+
 @pytest.mark.slow
 def test_no_background_grades_in_a_worker_of_its_own(background):
     """`jaxgpt check --no-background` in a terminal, with the background grader on, starts no server. (Slow: a

@@ -39,6 +39,8 @@ from jaxgpt.grader import implementation, runner, task_list, worker
 
 STARTUP_WAIT_S = 30.0  # until the server listens (it listens before it loads JAX)
 STOP_ANSWER_S = 10.0  # after a Ctrl-C, how long the command waits for the "stopped" verdict
+STOP_WAIT_S = 5.0  # how long --stop-background waits for the servers it ended to stop listening
+ENDING_WAIT_S = 10.0  # how long a new server waits for an ending one to let go of their place
 FINGERPRINT_EVERY_S = 15.0
 WARM_AFTER_S = 3.0  # idle after a check before the next task is warmed (a learner reads the verdict)
 
@@ -115,6 +117,8 @@ class BackgroundGrader:
                 return self._answers(stream, task, progress)
             except KeyboardInterrupt:
                 return self._stopped(connection, stream, task, progress)
+            except OSError as err:  # a server that was ending when this connected resets the connection
+                raise Unavailable(f"the background grader ended while it checked ({err})") from None
         finally:
             progress.finished()
             with contextlib.suppress(OSError):
@@ -187,8 +191,9 @@ def _launch(path: Path) -> None:
 
 
 def stop_all() -> int:
-    """Ends every background grader of this user (`jaxgpt check --stop-background`); returns how many."""
-    stopped = 0
+    """Ends every background grader of this user (`jaxgpt check --stop-background`); returns how many, once
+    none of them takes connections any more."""
+    stopped = []
     for path in settings.background_dir().glob("grader-*.sock"):
         try:
             connection = _connected(path)
@@ -200,8 +205,11 @@ def stop_all() -> int:
             with contextlib.suppress(OSError):
                 worker.send(stream, {"op": "exit"})
                 worker.receive(stream)
-        stopped += 1
-    return stopped
+        stopped.append(path)
+    deadline = time.monotonic() + STOP_WAIT_S  # a server removes its socket first thing as it ends
+    while any(path.exists() for path in stopped) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(stopped)
 
 
 def usable() -> bool:
@@ -240,10 +248,17 @@ def serve(path: Path) -> int:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = open(path.with_suffix(".lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return 0  # another server holds this place: the command connects to it
+    deadline = time.monotonic() + ENDING_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            # Another server holds this place. One that listens answers the command; one whose socket is
+            # gone is ending (its worker closing), and this one takes over when it has.
+            if path.exists() or time.monotonic() > deadline:
+                return 0
+            time.sleep(0.05)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # left by a server that was killed
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,10 +296,12 @@ def serve(path: Path) -> int:
                     connection.close()
             last = time.monotonic()
     finally:
-        grader.close()
+        # No connection is taken from here on: a check that comes while the worker closes finds no socket and
+        # starts a fresh server (which waits for this one's place) instead of a connection that is reset.
         with contextlib.suppress(OSError):
             path.unlink()
         listener.close()
+        grader.close()
     return 0
 
 
