@@ -79,8 +79,11 @@ def test_ctrl_c_in_process_reads_stopped_never_passed(tmp_path):
     """A KeyboardInterrupt while a check runs (Ctrl-C, the notebook's Stop) ends the run as "stopped"; pytest
     itself would report the checks so far and carry on as if they were all."""
     verdict = _grade_head(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nreturn v\n")
-    assert verdict.stopped and verdict.status == outcomes.STOPPED and not verdict.passed
-    assert verdict.checks[0].status == outcomes.STOPPED
+    import signal
+    said = (f"{verdict.text()}\nstatuses: {[c.status for c in verdict.checks]}, {verdict.seconds:.2f} s; "
+            f"SIGINT's handler now: {signal.getsignal(signal.SIGINT)!r}")  # it failed once in 6 full runs
+    assert verdict.stopped and verdict.status == outcomes.STOPPED and not verdict.passed, said
+    assert verdict.checks[0].status == outcomes.STOPPED, said
     assert "stopped after 0 of" in verdict.text() and "Well done" not in verdict.text()
 
 
