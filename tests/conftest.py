@@ -7,6 +7,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,13 @@ import pytest
 # `jaxgpt check` run by a test grades in a worker of its own: a background grader would outlive the test run.
 # tests/test_grader_server.py turns it on where it tests it.
 os.environ.setdefault("JAXGPT_BACKGROUND", "off")
+
+# Several tests press Ctrl-C: in this process (os.kill), and to a `jaxgpt check` or `watch` process group. A run
+# started as a background job of a shell without job control (`.ci/run &` in a script) inherits SIGINT ignored,
+# and so would every process it starts: those tests would fail for a reason that is not the grader's. Python's
+# own handler, as in a terminal; the processes started from here then start with the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):
