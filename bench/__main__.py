@@ -16,6 +16,7 @@ BENCHMARKS = {
     "time-to-loss": ("time_to_loss.py", "seconds from process start to eval loss 1.89, JAX against PyTorch"),
     "speedups": ("speedups.py", "what each change to the training loop buys, one at a time"),
     "train-tiny": ("train_tiny.py", "the `tiny` configuration's full run: the README's figures"),
+    "finale": ("finale.py", "the notebook's finale with the reference, against the README's curve"),
     "check-latency": ("check_latency.py", "how long `jaxgpt check N` and check(N) take, cold and warm"),
     "ladder": ("ladder.py", "the video's loss ladder from the reference's modules"),
     "loops": ("loops.py", "what Part 4's scans buy: compile time against depth, steps per second"),
