@@ -79,23 +79,43 @@ def throughput(config_dict: dict, calls: int, steps_per_call: int, donate: bool 
 
 def race(config_dict: dict, data: str, target: float, eval_every: int, steps_per_call: int) -> dict:
     """Train until the fixed evaluation reaches `target` or max_iters ends; every evaluation is a JSON line
-    stamped with time.time(), which the parent compares with the moment it started this process."""
-    import jax
-    import jax.numpy as jnp
+    stamped with time.time(), which the parent compares with the moment it started this process.
 
-    from jaxgpt.training import loop
+    The three programs the race needs (initialisation, the training call, the evaluation) are compiled at once
+    on threads: XLA compiles with the GIL released, and each compile uses one core, so on two cores the start
+    costs about the longest of them instead of their sum. The training call is lowered from the parameters'
+    shapes (jax.eval_shape), so it need not wait for the initialisation to run."""
+    import concurrent.futures
+    import functools
+
+    import jax
+
+    from jaxgpt.training import configs, loop
 
     train_ids, eval_ids, vocab = recipe.load_corpus(data)
     config_dict = {**config_dict, "model": {**config_dict["model"], "vocab_size": vocab}}
     k = max(d for d in range(1, min(steps_per_call, eval_every) + 1) if eval_every % d == 0)
-    config, model, tx, params, opt_state, key, train_steps = _setup(config_dict, k)
+    config = configs.Config.from_dict(config_dict)
+    model = loop.build_model(loop.model_class("reference", 1), config)
+    tx = loop.make_optimizer(config.train)
+    init_key, key, _ = jax.random.split(jax.random.PRNGKey(config.train.seed), 3)
     B, T, max_iters = config.train.batch_size, config.model.block_size, config.train.max_iters
     ex, ey = (jax.device_put(a) for a in recipe.eval_windows(eval_ids, T))
-    evaluate = jax.jit(lambda p: loop.loss_fn(model, p, ex, ey))
     data = jax.device_put(train_ids)
+
     started = time.perf_counter()
-    train_steps = train_steps.lower(params, opt_state, data, key, 0).compile()
+    abstract = jax.eval_shape(functools.partial(loop.init_params, model, config), init_key)
+    abstract_opt = jax.eval_shape(tx.init, abstract)
+    train_steps = loop.make_train_steps(model, tx, config, k)
+    evaluate = jax.jit(lambda p: loop.loss_fn(model, p, ex, ey))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        compiled_steps = pool.submit(lambda: train_steps.lower(abstract, abstract_opt, data, key, 0).compile())
+        compiled_eval = pool.submit(lambda: evaluate.lower(abstract).compile())
+        params = loop.init_params(model, config, init_key)  # compiles and runs the initialisation meanwhile
+        opt_state = jax.jit(tx.init)(params)
+        train_steps, evaluate = compiled_steps.result(), compiled_eval.result()
     compile_seconds = time.perf_counter() - started
+
     reached, step, eval_loss, train_seconds = False, 0, float("nan"), 0.0
     while step < max_iters:
         started = time.perf_counter()

@@ -64,5 +64,19 @@ def flops_per_token(model: dict) -> int:
     return 6 * (12 * L * C * C + C * V) + 12 * L * C * T
 
 
+# nanoGPT's own CPU recipe for tiny Shakespeare (its README's "I only have a macbook" command line on top of
+# config/train_shakespeare_char.py): the `speedrun` model shape, batch 12, 2,000 iterations, 1e-3 warming up over
+# 100 steps then cosine to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1, clipping at 1, no dropout. The issue's
+# baseline: what a learner who reaches for PyTorch would run. bench/time_to_loss.py races the PyTorch peer on it.
+NANOGPT_CPU_TRAIN = {"batch_size": 12, "learning_rate": 1e-3, "max_iters": 2000, "warmup_iters": 100,
+                     "schedule": "cosine", "min_lr": 1e-4, "beta2": 0.99, "weight_decay": 0.1, "grad_clip": 1.0}
+
+
+def nanogpt_cpu(config: dict) -> dict:
+    """`config` (a Config.to_dict() of the speedrun shape) with nanoGPT's CPU recipe's training settings."""
+    return {**config, "name": "nanogpt-cpu", "train": {**config["train"], **NANOGPT_CPU_TRAIN},
+            "description": "nanoGPT's CPU recipe for tiny Shakespeare"}
+
+
 def read_json_arg(text: str) -> dict:
     return json.loads(Path(text[1:]).read_text()) if text.startswith("@") else json.loads(text)

@@ -1,9 +1,10 @@
 """Time to loss: wall seconds from process start (imports and compilation included) until the fixed evaluation of
 recipe.py reaches a target eval loss on tiny Shakespeare, the JAX reference against the PyTorch peer on the same
-configuration, in turns within one run, median of several rounds.
+configuration and the PyTorch peer on nanoGPT's own CPU recipe (the baseline a learner would otherwise run), in
+turns within one run, median of several rounds.
 
     python -m bench time-to-loss --data path/to/input.txt [--config speedrun] [--target 1.89] [--repeats 3]
-                                 [--peers eager,compile]
+                                 [--peers eager,compile] [--baseline eager]
 
 Each run is a fresh process (bench/jax_run.py race, bench/torch_peer.py race); the clock starts just before the
 process is started and stops at the evaluation line that first shows eval loss <= target (evaluations every
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=1.89)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", default="eager", help="PyTorch modes raced beside JAX: eager, compile, or ''")
+    parser.add_argument("--baseline", default="eager",
+                        help="PyTorch modes raced on nanoGPT's CPU recipe (recipe.NANOGPT_CPU_TRAIN), or ''")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a run is stopped")
     parser.add_argument("--note", default="")
@@ -90,17 +93,22 @@ def main(argv=None) -> int:
 
     _, _, vocab = recipe.load_corpus(args.data)
     config = configs.get_config(args.config).with_vocab_size(vocab).to_dict()
-    impls = ["jax"] + [f"torch-{p}" for p in args.peers.split(",") if p]
+    # (label, implementation, configuration): the same configuration for every implementation, then the baseline.
+    entries = [("jax", "jax", config)] + [(f"torch-{p}", f"torch-{p}", config) for p in args.peers.split(",") if p]
+    entries += [(f"torch-{p}-nanogpt", f"torch-{p}", recipe.nanogpt_cpu(config))
+                for p in args.baseline.split(",") if p]
     described = machine.describe()
-    runs = {impl: [] for impl in impls}
+    runs = {label: [] for label, _, _ in entries}
     for round_ in range(args.repeats):
-        for impl in impls:  # in turns, so that a change in the machine's load touches every implementation
-            print(f"round {round_ + 1}/{args.repeats}: {impl}", flush=True)
-            runs[impl].append(race_once(impl, config, args.data, args.target, args.eval_every, args.timeout))
+        for label, impl, race_config in entries:  # in turns, so that a change in the load touches every one
+            print(f"round {round_ + 1}/{args.repeats}: {label}", flush=True)
+            runs[label].append(race_once(impl, race_config, args.data, args.target, args.eval_every, args.timeout))
     summary = {}
-    for impl, rs in runs.items():
+    for label, impl, race_config in entries:
+        rs = runs[label]
         times = [r["seconds_to_target"] for r in rs if r.get("seconds_to_target") is not None]
-        summary[impl] = {
+        summary[label] = {
+            "recipe": race_config["name"],
             "median_seconds_to_target": round(statistics.median(times), 1) if len(times) == len(rs) else None,
             "seconds_to_target_all": [r.get("seconds_to_target") for r in rs],
             "median_tokens_per_second": round(statistics.median(r["tokens_per_second"] for r in rs
@@ -108,12 +116,12 @@ def main(argv=None) -> int:
                 "tokens_per_second" in r for r in rs) else None,
             "eval_loss_at_target": [next((p[2] for p in r["curve"] if p[2] <= args.target), None) for r in rs]}
     jax_time = summary["jax"]["median_seconds_to_target"]
-    for impl in impls[1:]:
-        other = summary[impl]["median_seconds_to_target"]
+    for label, _, _ in entries[1:]:
+        other = summary[label]["median_seconds_to_target"]
         if jax_time and other:
-            summary[impl]["jax_time_fraction"] = round(jax_time / other, 2)
+            summary[label]["jax_time_fraction"] = round(jax_time / other, 2)
     described["load_average_at_end"] = machine.load_average()
-    out = {"config": args.config, "recipe": config, "target": args.target, "eval_every": args.eval_every,
+    out = {"config": args.config, "recipe": config, "baseline_recipe": recipe.nanogpt_cpu(config)["train"], "target": args.target, "eval_every": args.eval_every,
            "eval_windows": recipe.EVAL_WINDOWS, "repeats": args.repeats, "summary": summary, "runs": runs,
            "machine": described, "note": args.note}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     for impl, s in summary.items():
         t = s["median_seconds_to_target"]
         extra = f"  (JAX takes {s['jax_time_fraction']:.2f} of it)" if "jax_time_fraction" in s else ""
-        print(f"  {impl:>14}: {'not reached' if t is None else f'{t:.1f} s'}  runs {s['seconds_to_target_all']}"
+        print(f"  {impl:>20} ({s['recipe']}): {'not reached' if t is None else f'{t:.1f} s'}  runs {s['seconds_to_target_all']}"
               f"  {s['median_tokens_per_second']} tokens/s{extra}")
     print(f"load average {described['load_average_at_start']} -> {described['load_average_at_end']}")
     draw(out, args.picture)
@@ -136,18 +144,20 @@ def draw(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"jax": "tab:blue", "torch-eager": "tab:orange", "torch-compile": "tab:green"}
+    colours = {"jax": "tab:blue", "torch-eager": "tab:orange", "torch-compile": "tab:green",
+               "torch-eager-nanogpt": "tab:red", "torch-compile-nanogpt": "tab:purple"}
     fig, ax = plt.subplots(figsize=(7, 4))
     for impl, rs in out["runs"].items():
         for i, r in enumerate(rs):
             if r["curve"]:
                 t, _, loss = zip(*r["curve"])
-                ax.plot(t, loss, color=colours.get(impl), alpha=0.8, label=impl if i == 0 else None)
+                name = f"{impl} ({out['summary'][impl]['recipe']})"
+                ax.plot(t, loss, color=colours.get(impl), alpha=0.8, label=name if i == 0 else None)
     ax.axhline(out["target"], color="grey", linestyle="--", linewidth=1, label=f"target {out['target']}")
     ax.set_xlabel("seconds from process start (imports and compiling included)")
     ax.set_ylabel("eval loss (fixed 256 x 64 characters)")
     ax.set_ylim(top=2.6)
-    ax.set_title(f"time to eval loss {out['target']}: `{out['config']}` on tiny Shakespeare")
+    ax.set_title(f"time to eval loss {out['target']} on tiny Shakespeare")
     ax.legend()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

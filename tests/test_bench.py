@@ -33,6 +33,20 @@ def test_the_peer_schedule_is_the_reference_schedule(name):
                                                                                             rel=1e-5, abs=1e-9)
 
 
+def test_the_nanogpt_baseline_is_nanogpts_cpu_recipe_on_the_speedrun_model():
+    speedrun = configs.get_config("speedrun").with_vocab_size(65).to_dict()
+    baseline = configs.Config.from_dict(recipe.nanogpt_cpu(speedrun))  # a configuration jaxgpt could train
+    assert baseline.model == configs.Config.from_dict(speedrun).model
+    train = configs.dataclasses.asdict(baseline.train)
+    assert (train["batch_size"], train["max_iters"], train["beta2"], train["weight_decay"]) == (12, 2000, 0.99, 0.1)
+    # nanoGPT's get_lr: linear warmup to 1e-3 over 100 iterations, cosine to 1e-4 at 2,000.
+    assert recipe.learning_rate(50, train) == pytest.approx(5e-4)
+    assert recipe.learning_rate(100, train) == pytest.approx(1e-3)
+    assert recipe.learning_rate(1050, train) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    assert recipe.learning_rate(2000, train) == pytest.approx(1e-4)
+    assert speedrun["train"]["batch_size"] == 8  # the baseline's settings did not leak into the configuration
+
+
 def test_flops_per_token_counts_the_matmuls_and_the_attention_square():
     model = configs.get_config("tiny").with_vocab_size(65).to_dict()["model"]
     # 4 layers x 12 x 128^2 weights in the blocks, 128 x 65 in the head, 6 FLOPs per weight per token; the
@@ -117,3 +131,19 @@ def test_the_jax_side_measures_a_few_steps():
                                 steps_per_call=2)
     assert result["tokens_per_second"] > 0 and result["compile_s"] > 0 and result["n_params"] > 0
     json.dumps(result)
+
+
+@pytest.mark.slow
+def test_the_race_compiles_on_threads_and_stops_at_the_target(tmp_path, capsys):
+    """(Slow: three compilations. jax_run.race lowers the training call from the parameters' shapes and compiles
+    it beside the initialisation; the default run keeps the configuration and schedule checks above.)"""
+    import jax_run  # bench/jax_run.py
+
+    path = tmp_path / "input.txt"
+    path.write_text("To be, or not to be, that is the question.\n" * 300)
+    config = configs.get_config("micro").with_vocab_size(1).to_dict()  # the race sets the corpus's vocabulary
+    result = jax_run.race(config, str(path), target=0.0, eval_every=10, steps_per_call=5)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 30, 40]  # micro's 40 steps, an evaluation every 10
+    assert lines[-1]["eval_loss"] < lines[0]["eval_loss"] < 4  # it learns: ln(vocabulary) is about 2.9
+    assert result["reached"] is False and result["step"] == 40 and result["compile_seconds"] > 0

@@ -98,18 +98,25 @@ def _throughput_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_RACERS = _IMPLS + (("torch-eager-nanogpt", "PyTorch eager"), ("torch-compile-nanogpt", "torch.compile"))
+
+
 def _time_to_loss_table(result: dict[str, Any]) -> str:
-    """bench/results/time_to_loss.json as a markdown table: the median seconds to the target per implementation."""
-    lines = [f"| implementation | seconds to eval loss {result['target']} (median of {result['repeats']}) | "
-             f"the runs | tokens/s |", "|---|---:|---|---:|"]
-    for impl, title in _IMPLS:
+    """bench/results/time_to_loss.json as a markdown table: the median seconds to the target per implementation
+    and recipe (the configuration raced, or nanoGPT's CPU recipe for the PyTorch baseline)."""
+    lines = [f"| implementation | recipe | seconds to eval loss {result['target']} (median of {result['repeats']}) | "
+             f"the runs | tokens/s |", "|---|---|---:|---|---:|"]
+    for impl, title in _RACERS:
         s = result["summary"].get(impl)
         if s is None:
             continue
         t = s["median_seconds_to_target"]
         runs = ", ".join("-" if v is None else f"{v:.1f}" for v in s["seconds_to_target_all"])
-        lines.append(f"| {title} | {'not reached' if t is None else f'{t:.1f}'} | {runs} | "
-                     f"{s['median_tokens_per_second']:,} |")
+        recipe = s.get("recipe", result["config"])
+        recipe = "nanoGPT's CPU recipe" if recipe == "nanogpt-cpu" else f"`{recipe}`"
+        tokens = s["median_tokens_per_second"]
+        lines.append(f"| {title} | {recipe} | {'not reached' if t is None else f'{t:.1f}'} | {runs} | "
+                     f"{'-' if tokens is None else f'{tokens:,}'} |")
     return "\n".join(lines)
 
 
@@ -127,6 +134,8 @@ FIGURES.update({
     "time_to_loss.jax_seconds": ("time_to_loss", lambda r: f"{r['summary']['jax']['median_seconds_to_target']:.0f}"),
     "time_to_loss.jax_fraction": ("time_to_loss",
                                   lambda r: f"{r['summary']['torch-eager']['jax_time_fraction']:.2f}"),
+    "time_to_loss.baseline_fraction": ("time_to_loss",
+                                       lambda r: f"{r['summary']['torch-eager-nanogpt']['jax_time_fraction']:.2f}"),
     "time_to_loss.load": ("time_to_loss", lambda r: f"{r['machine']['load_average_at_start'][0]:.1f}"),
 })
 

@@ -205,7 +205,10 @@ CONFIGS: dict[str, Config] = {
         # Chosen by eval loss at equal tokens (steps x batch): batch 8 at a peak of 2e-3 decaying to 0 over 2,000
         # steps passed 1.89 at step 1,600 (820,000 tokens); batch 12 (1,400 steps) needed 920,000, batch 16 at 2e-3
         # or 3e-3 more than 1,000,000, and higher peaks did worse. Small batches also suit a compiled loop, whose
-        # steps cost no Python.
+        # steps cost no Python. Shorter schedules do worse at the same step: this one is at 1.968 by step 1,200,
+        # one that ends at 1,200 reaches 2.016 (2e-3) or 2.011 (3e-3), one of 1,000 steps 2.068 (3e-3); 3,000
+        # steps pass at 1,800, a constant rate stays above 1.98 by 1,600; no weight decay, beta2 0.95, a peak of
+        # 2.5e-3 with 20 warmup steps, or batch 4 did not pass sooner; no clipping passes at the same step.
         TrainConfig(batch_size=8, learning_rate=2e-3, max_iters=2000, eval_interval=100, eval_iters=10,
                     weight_decay=0.1, schedule="cosine", warmup_iters=50, min_lr=0.0),
         "the `tiny` model trained for time to eval loss 1.89 on a CPU (bench/results/time_to_loss.json)",
